@@ -1,0 +1,3 @@
+from onnxsurgeon.cli import run
+
+run()

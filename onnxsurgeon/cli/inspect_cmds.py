@@ -1,0 +1,103 @@
+"""``nodes``, ``params`` and ``info``: looking into a model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from onnxsurgeon.cli import output
+from onnxsurgeon.cli.app import app
+
+Model = Annotated[Path, typer.Argument(help="The ONNX model file.", show_default=False, metavar="MODEL")]
+Json = Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")]
+
+
+@app.command()
+def nodes(
+    model: Model,
+    grep: Annotated[str | None, typer.Option("--grep", help="Only nodes with a name (or alias) matching this regular expression.")] = None,
+    op: Annotated[str | None, typer.Option("--op", help="Only nodes of this op type, e.g. Conv.")] = None,
+    as_json: Json = False,
+) -> None:
+    """List every node with its outputs, op, inputs and types: the names a cut can use.
+
+    Example: onnxsurgeon nodes fixtures/autoencoder.onnx --grep L4
+    """
+    import onnxsurgeon as osg
+
+    report = osg.nodes(osg.load(model), grep=grep, op=op)
+    if as_json:
+        output.emit_json(report.to_dict())
+        return
+    for line in report.nodes:
+        output.out.print(line.text(), markup=False)
+    if grep or op:
+        output.err.print(f"{len(report.nodes)} of {report.total} nodes", markup=False)
+
+
+@app.command()
+def params(model: Model, as_json: Json = False) -> None:
+    """List every parameter with its type, shape, size and state (learnable, frozen, shared).
+
+    Example: onnxsurgeon params feat.onnx
+    """
+    import onnxsurgeon as osg
+
+    report = osg.params(osg.load(model))
+    if as_json:
+        output.emit_json(report.to_dict())
+        return
+    t = output.table("name", "type", "shape", "size", "state", "alias")
+    for p in report.params:
+        t.add_row(p.name, p.dtype, "[" + ",".join(map(str, p.shape)) + "]", f"{p.size:,}", p.state, p.alias)
+    output.out.print(t)
+    counts = ", ".join(f"{n} {state}" for state, n in report.counts().items())
+    output.out.print(
+        f"{len(report.params)} parameters, {report.total_size:,} values, {output.size(report.total_bytes)}"
+        + (f" ({counts})" if counts else ""),
+        markup=False,
+    )
+
+
+@app.command()
+def info(model: Model, as_json: Json = False) -> None:
+    """Summarise a model: inputs, outputs, versions, size, parameters, mode and provenance.
+
+    Example: onnxsurgeon info fixtures/autoencoder.onnx
+    """
+    import onnxsurgeon as osg
+
+    report = osg.info(osg.load(model), path=model)
+    if as_json:
+        output.emit_json(report.to_dict())
+        return
+    p = output.out.print
+    p(f"file        {report.file} ({output.size(report.file_bytes or 0)})", markup=False)
+    if report.external_files:
+        p(f"external    {', '.join(report.external_files)}", markup=False)
+    p(f"ir version  {report.ir_version}", markup=False)
+    p("opsets      " + ", ".join(f"{d} {v}" for d, v in report.opsets.items()), markup=False)
+    if report.producer:
+        p(f"producer    {report.producer}", markup=False)
+    for label, ports in (("inputs", report.inputs), ("outputs", report.outputs)):
+        p(f"{label:<12}" + ("; ".join(f"{n} {t}" for n, t in ports) or "-"), markup=False)
+    sub = f" (+{report.nodes_in_subgraphs} in subgraphs)" if report.nodes_in_subgraphs else ""
+    p(f"nodes       {report.nodes}{sub}", markup=False)
+    top = ", ".join(f"{op} {n}" for op, n in list(report.ops.items())[:8])
+    p(f"ops         {top}", markup=False)
+    if report.functions:
+        p(f"functions   {', '.join(report.functions)}", markup=False)
+    p(
+        f"parameters  {report.parameters} ({report.parameter_size:,} values, {output.size(report.parameter_bytes)}"
+        f", {report.frozen} frozen)",
+        markup=False,
+    )
+    if report.mode:
+        p(f"mode        {report.mode}", markup=False)
+    if report.cut:
+        ins = ", ".join(f"{k}={v}" if k != v else k for k, v in report.cut.get("inputs", {}).items())
+        outs = ", ".join(f"{k}={v}" if k != v else k for k, v in report.cut.get("outputs", {}).items())
+        src = report.cut.get("file", "?")
+        p(f"cut from    {src} --in {ins} --out {outs}", markup=False)

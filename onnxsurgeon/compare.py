@@ -1,0 +1,205 @@
+"""Checking that a piece computes exactly what its source computed at the same points."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+
+from onnxsurgeon import meta, runtime, serde
+from onnxsurgeon.errors import InputError
+from onnxsurgeon.graph import GraphIndex
+
+
+@dataclass(frozen=True)
+class OutputCheck:
+    """The comparison of one output of the piece with the source's value."""
+
+    name: str
+    value: str
+    shape: tuple[int, ...]
+    max_abs_diff: float
+    max_rel_diff: float
+    ok: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "value": self.value,
+            "shape": list(self.shape),
+            "max_abs_diff": self.max_abs_diff,
+            "max_rel_diff": self.max_rel_diff,
+            "ok": self.ok,
+        }
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """The result of ``verify``: one check per output of the piece."""
+
+    outputs: tuple[OutputCheck, ...]
+    rtol: float
+    atol: float
+    data: str  # "random (seed N)" or the data file
+
+    @property
+    def ok(self) -> bool:
+        return all(o.ok for o in self.outputs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "rtol": self.rtol,
+            "atol": self.atol,
+            "data": self.data,
+            "outputs": [o.to_dict() for o in self.outputs],
+        }
+
+
+def random_inputs(model: onnx.ModelProto, seed: int = 0, batch: int = 2) -> dict[str, np.ndarray]:
+    """Seeded random values for the graph inputs that have no default (initializer)."""
+    rng = np.random.default_rng(seed)
+    inits = {t.name for t in model.graph.initializer}
+    feeds = {}
+    for v in model.graph.input:
+        if v.name in inits:
+            continue
+        feeds[v.name] = _random_tensor(v, rng, batch)
+    return feeds
+
+
+def _random_tensor(v: onnx.ValueInfoProto, rng: np.random.Generator, batch: int) -> np.ndarray:
+    if v.type.WhichOneof("value") != "tensor_type":
+        raise InputError(
+            f"cannot make random data for input {v.name!r} (not a tensor)", "give real inputs with --data x.npz"
+        )
+    tt = v.type.tensor_type
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
+    shape = [d.dim_value if d.WhichOneof("value") == "dim_value" else batch for d in tt.shape.dim]
+    if np.issubdtype(dtype, np.floating):
+        return rng.standard_normal(shape).astype(dtype)
+    if dtype == np.bool_:
+        return rng.integers(0, 2, shape).astype(np.bool_)
+    if np.issubdtype(dtype, np.integer):
+        return rng.integers(1, 4, shape).astype(dtype)
+    raise InputError(
+        f"cannot make random data for input {v.name!r} of type {dtype}", "give real inputs with --data x.npz"
+    )
+
+
+def load_data(path: str) -> dict[str, np.ndarray]:
+    """Arrays of an .npz file, never unpickling anything."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+    except FileNotFoundError:
+        raise InputError(f"no such file: {path}", "check the path of the data file") from None
+    except (ValueError, OSError) as e:
+        raise InputError(f"{path} is not a readable .npz file: {e}", "save arrays with numpy.savez") from None
+
+
+def verify(
+    original: onnx.ModelProto,
+    piece: onnx.ModelProto,
+    /,
+    data: dict[str, np.ndarray] | None = None,
+    *,
+    rtol: float = 1e-5,
+    atol: float = 1e-6,
+    seed: int = 0,
+    data_label: str | None = None,
+) -> VerifyReport:
+    """Run the original and the piece with onnxruntime and compare the piece's outputs
+    with the original's values at the same points.
+
+    The piece is fed the values the original computes at its inputs, so both see the same
+    data. ``data`` gives the original's graph inputs; random seeded values are used if None.
+    """
+    cut = meta.cut(piece) or {}
+    in_map: dict[str, str] = cut.get("inputs") or {v.name: v.name for v in piece.graph.input}
+    out_map: dict[str, str] = cut.get("outputs") or {v.name: v.name for v in piece.graph.output}
+    index = GraphIndex(original.graph)
+    piece_inits = {t.name for t in piece.graph.initializer}
+    piece_inputs = [v.name for v in piece.graph.input if v.name not in piece_inits]
+    wanted = [in_map.get(n, n) for n in piece_inputs] + [out_map.get(v.name, v.name) for v in piece.graph.output]
+    missing = [w for w in wanted if not index.has_value(w)]
+    if missing:
+        raise InputError(
+            "the piece names values the original model does not have: " + ", ".join(map(repr, missing)),
+            "verify a piece against the model it was cut from",
+        )
+
+    feeds = dict(random_inputs(original, seed)) if data is None else {}
+    if data is not None:
+        absent = [n for n in index.inputs if n not in data]
+        if absent:
+            raise InputError(
+                "the data has no array for input " + ", ".join(map(repr, absent)),
+                f"name the arrays after the graph inputs: {', '.join(index.inputs)}",
+            )
+        feeds = {n: data[n] for n in index.inputs}
+    values = _values(original, index, feeds, wanted)
+
+    sess = runtime.session(piece, "the piece")
+    piece_feeds = {n: values[in_map.get(n, n)] for n in piece_inputs}
+    names = [o.name for o in sess.get_outputs()]
+    got = dict(zip(names, runtime.run(sess, piece_feeds, names, "the piece")))
+    checks = [_compare(v.name, out_map.get(v.name, v.name), got[v.name], values[out_map.get(v.name, v.name)], rtol, atol)
+              for v in piece.graph.output]
+    label = data_label or (f"random (seed {seed})" if data is None else "given data")
+    return VerifyReport(tuple(checks), rtol, atol, label)
+
+
+def _values(model: onnx.ModelProto, index: GraphIndex, feeds: dict[str, np.ndarray], names: list[str]):
+    """Values of the named tensors in one run of the model."""
+    out: dict[str, np.ndarray] = {}
+    for n in names:
+        if n in feeds:
+            out[n] = feeds[n]
+        elif n in index.initializers:
+            t = index.initializers[n]
+            out[n] = onnx.numpy_helper.to_array(t) if not serde.is_external(t) else _external_array(t)
+    wanted = [n for n in dict.fromkeys(names) if n not in out]
+    if wanted:
+        probe = onnx.ModelProto()
+        probe.CopyFrom(model)
+        existing = {o.name for o in probe.graph.output}
+        for n in wanted:
+            if n not in existing:
+                t = index.type_of(n)
+                probe.graph.output.append(onnx.helper.make_value_info(n, t) if t else onnx.ValueInfoProto(name=n))
+        sess = runtime.session(probe, "the original model")
+        out.update(zip(wanted, runtime.run(sess, feeds, wanted, "the original model")))
+    return out
+
+
+def _external_array(t: onnx.TensorProto) -> np.ndarray:
+    copy = onnx.TensorProto()
+    copy.CopyFrom(t)
+    copy.raw_data = serde.read_external(t)
+    del copy.external_data[:]
+    copy.data_location = onnx.TensorProto.DEFAULT
+    return onnx.numpy_helper.to_array(copy)
+
+
+def _compare(name: str, value: str, got: np.ndarray, want: np.ndarray, rtol: float, atol: float) -> OutputCheck:
+    got, want = np.asarray(got), np.asarray(want)
+    if got.shape != want.shape or got.dtype != want.dtype:
+        return OutputCheck(name, value, tuple(got.shape), float("inf"), float("inf"), False)
+    if got.size == 0:
+        return OutputCheck(name, value, got.shape, 0.0, 0.0, True)
+    if np.issubdtype(got.dtype, np.floating) or np.issubdtype(got.dtype, np.complexfloating):
+        g64, w64 = got.astype(np.float64), want.astype(np.float64)
+        same_nan = np.array_equal(np.isnan(g64), np.isnan(w64))
+        finite = np.isfinite(g64) & np.isfinite(w64)
+        same_inf = np.array_equal(np.where(finite, 0, g64), np.where(finite, 0, w64), equal_nan=True)
+        diff = np.abs(g64 - w64)[finite]
+        max_abs = float(diff.max()) if diff.size else 0.0
+        rel = diff / np.maximum(np.abs(w64[finite]), np.finfo(np.float64).tiny)
+        max_rel = float(rel.max()) if rel.size else 0.0
+        ok = same_nan and same_inf and bool(np.all(diff <= atol + rtol * np.abs(w64[finite])))
+        return OutputCheck(name, value, got.shape, max_abs, max_rel, ok)
+    equal = bool(np.array_equal(got, want))
+    return OutputCheck(name, value, got.shape, 0.0 if equal else float("inf"), 0.0 if equal else float("inf"), equal)

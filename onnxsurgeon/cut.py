@@ -1,0 +1,413 @@
+"""Cutting a piece out of a model (SPEC sections 2 and 3).
+
+The piece is every node needed to compute the requested outputs from the requested inputs.
+It is found by one walk backwards from the outputs that stops at the inputs, so the work
+grows with the piece, after one linear pass that indexes the producers of all values.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import onnx
+
+from onnxsurgeon import dtypes, meta, modes, serde
+from onnxsurgeon.errors import InputError
+from onnxsurgeon.graph import GraphIndex, node_reads, rename_values
+from onnxsurgeon.names import Resolved, Resolver
+
+_RECORD = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.+)$")
+
+
+@dataclass(frozen=True)
+class Port:
+    """One input or output of a piece: its name there and the value it is in the source."""
+
+    name: str
+    value: str
+    type: str
+    resolved: Resolved | None = None  # None for inputs added by auto_inputs
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"name": self.name, "value": self.value, "type": self.type}
+        d["resolved"] = self.resolved.to_dict() if self.resolved else {"how": "auto-input"}
+        return d
+
+
+@dataclass(frozen=True)
+class ExtractReport:
+    """What ``extract`` kept and changed."""
+
+    inputs: tuple[Port, ...]
+    outputs: tuple[Port, ...]
+    params: str
+    nodes: tuple[str, ...]
+    parameters: tuple[str, ...]
+    parameter_bytes: int
+    folded_batchnorms: tuple[str, ...] = ()
+    removed_dropouts: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = field(default=())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "inputs": [p.to_dict() for p in self.inputs],
+            "outputs": [p.to_dict() for p in self.outputs],
+            "params": self.params,
+            "nodes": list(self.nodes),
+            "parameters": list(self.parameters),
+            "parameter_bytes": self.parameter_bytes,
+            "folded_batchnorms": list(self.folded_batchnorms),
+            "removed_dropouts": list(self.removed_dropouts),
+            "warnings": list(self.warnings),
+        }
+
+
+@dataclass(frozen=True)
+class _Spec:
+    text: str
+    new_name: str | None
+    ref: str
+    type: onnx.TypeProto | None
+
+
+def _parse_spec(text: str, index: GraphIndex, allow_type: bool) -> _Spec:
+    new_name, ref = None, text
+    m = _RECORD.match(text)
+    if m and not index.has_value(text):
+        new_name, ref = m.group(1), m.group(2)
+    override = None
+    if allow_type and not index.has_value(ref):
+        ref, override = dtypes.split_type(ref)
+    return _Spec(text, new_name, ref, override)
+
+
+def extract(
+    model: onnx.ModelProto,
+    /,
+    inputs: list[str],
+    outputs: list[str],
+    params: str = "learnable",
+    *,
+    auto_inputs: bool = False,
+    source: dict[str, Any] | None = None,
+    model_hint: str = "MODEL",
+) -> tuple[onnx.ModelProto, ExtractReport]:
+    """Cut the piece that computes ``outputs`` from ``inputs`` out of a model.
+
+    ``inputs`` and ``outputs`` take names as in SPEC section 1, optionally as records
+    (``feat=input``) and, for inputs, with a new type (``input:float32[N,64]``). ``params``
+    is ``learnable``, ``constant`` or ``shared``. ``source`` (for example ``{"file": ...,
+    "sha256": ...}``) is recorded in the piece's metadata. Returns the piece, a new model,
+    and a report; the input model is not changed.
+    """
+    if params not in modes.MODES:
+        raise InputError(f"unknown parameter mode {params!r}", f"use one of: {', '.join(modes.MODES)}")
+    if not outputs:
+        raise InputError("no outputs given", "name at least one value with --out")
+    index = GraphIndex(model.graph)
+    in_specs = [_parse_spec(t, index, allow_type=True) for t in inputs]
+    out_specs = [_parse_spec(t, index, allow_type=False) for t in outputs]
+    resolved = Resolver(index, model_hint).resolve_all([s.ref for s in in_specs + out_specs])
+    in_res, out_res = resolved[: len(in_specs)], resolved[len(in_specs) :]
+    _check_unique(in_specs, in_res, out_specs, out_res)
+
+    stop = {r.value for r in in_res}
+    out_values = [r.value for r in out_res]
+    walk = _walk(index, out_values, stop)
+    if walk.undefined:
+        raise InputError(
+            "the model is invalid: " + ", ".join(repr(v) for v in walk.undefined) + " are read but never produced",
+            "check the model with onnx.checker",
+        )
+    auto: list[str] = []
+    if walk.leaks:
+        if not auto_inputs:
+            raise _open_cut(walk)
+        auto = list(walk.leaks)
+        stop.update(auto)
+
+    _check_depends(index, walk, out_res, stop)
+    warnings = [
+        f"input {r.query!r} is not needed by any output" for r in in_res if r.value not in walk.seen
+    ]
+
+    # --- build the piece -----------------------------------------------------------------
+    graph = model.graph
+    piece = _new_model(model)
+    g = piece.graph
+    g.name, g.doc_string = graph.name, graph.doc_string
+    kept = sorted(walk.keep)
+    g.node.extend(index.nodes[i] for i in kept)
+    g.initializer.extend(t for t in graph.initializer if t.name in walk.params)
+    g.sparse_initializer.extend(s for s in graph.sparse_initializer if s.values.name in walk.params)
+    produced = {o for i in kept for o in index.nodes[i].output}
+    boundary = stop | set(out_values)
+    g.value_info.extend(vi for vi in graph.value_info if vi.name in produced and vi.name not in boundary)
+
+    in_ports = [(s.new_name or r.value, r.value, s.type, r) for s, r in zip(in_specs, in_res)]
+    in_ports += [(v, v, None, None) for v in auto]
+    types = {v: index.type_of(v) for v in [p[1] for p in in_ports] + out_values}
+    unknown = [v for v, t in types.items() if t is None]
+    if unknown:
+        types.update(_infer_types(model, index, unknown))
+    for name, value, override, _ in in_ports:
+        if override is None and types.get(value) is None:
+            raise InputError(
+                f"the type of input {value!r} is not recorded in the model and cannot be inferred",
+                f"give it with --in '{value}:float32[N,...]'",
+            )
+
+    folded: list[str] = []
+    removed: list[str] = []
+    if params == "constant":
+        vi = {v.name: v.type for v in g.value_info}
+
+        def rank_of(name: str) -> int | None:
+            return dtypes.rank(types.get(name) or vi.get(name) or index.type_of(name))
+
+        folded, removed, more = modes.freeze(g, rank_of, set(out_values))
+        warnings += more
+
+    # --- names: records rename values; an output that must carry a second name gets an Identity
+    rename: dict[str, str] = {value: name for name, value, _, _ in in_ports if name != value}
+    extra_identity: list[tuple[str, str]] = []
+    claimed = set(rename)
+    for s, r in zip(out_specs, out_res):
+        name = s.new_name or r.value
+        current = rename.get(r.value, r.value)
+        if name == current:
+            claimed.add(r.value)
+            continue
+        if r.value in claimed or r.value in stop or r.value in walk.params:
+            extra_identity.append((current, name))
+        else:
+            rename[r.value] = name
+            claimed.add(r.value)
+    _check_new_names(g, rename, extra_identity, stop)
+    rename_values(g, rename)
+    for src, dst in extra_identity:
+        g.node.append(onnx.helper.make_node("Identity", [src], [dst], name=f"{dst}/identity"))
+
+    in_port_objs: list[Port] = []
+    for name, value, override, res in in_ports:
+        t = override if override is not None else types[value]
+        g.input.append(onnx.helper.make_value_info(name, t))
+        in_port_objs.append(Port(name, value, dtypes.show(t), res))
+    out_port_objs: list[Port] = []
+    for s, r in zip(out_specs, out_res):
+        name = s.new_name or rename.get(r.value, r.value)
+        t = types.get(r.value)
+        vi = onnx.helper.make_value_info(name, t) if t is not None else onnx.ValueInfoProto(name=name)
+        g.output.append(vi)
+        out_port_objs.append(Port(name, r.value, dtypes.show(t), r))
+
+    if any(s.type is not None for s in in_specs):
+        out_port_objs = _reinfer(model, g, out_port_objs, in_specs)
+
+    if model.ir_version < 4:
+        # before IR 4, every initializer had to be listed as a graph input too
+        g.input.extend(
+            onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in g.initializer
+        )
+    meta.put(piece, meta.MODE, params)
+    if params == "constant":
+        meta.set_frozen(piece, {t.name for t in g.initializer})
+    else:
+        meta.set_frozen(piece, meta.frozen(model) & {t.name for t in g.initializer})
+    provenance = dict(source or {})
+    provenance.update(
+        inputs={p.name: p.value for p in in_port_objs},
+        outputs={p.name: p.value for p in out_port_objs},
+        params=params,
+    )
+    meta.put(piece, meta.CUT, json.dumps(provenance))
+
+    report = ExtractReport(
+        inputs=tuple(in_port_objs),
+        outputs=tuple(out_port_objs),
+        params=params,
+        nodes=tuple(n.name or n.output[0] for n in g.node),
+        parameters=tuple(t.name for t in g.initializer),
+        parameter_bytes=serde.weight_bytes(piece),
+        folded_batchnorms=tuple(folded),
+        removed_dropouts=tuple(removed),
+        warnings=tuple(warnings),
+    )
+    return piece, report
+
+
+@dataclass
+class _Walk:
+    keep: set[int] = field(default_factory=set)
+    params: set[str] = field(default_factory=set)
+    leaks: dict[str, None] = field(default_factory=dict)
+    undefined: list[str] = field(default_factory=list)
+    seen: set[str] = field(default_factory=set)
+    parent: dict[str, str | None] = field(default_factory=dict)
+    reads: dict[int, list[str]] = field(default_factory=dict)
+
+
+def _walk(index: GraphIndex, outputs: list[str], stop: set[str]) -> _Walk:
+    """Walk back from the outputs to the inputs, collecting nodes and parameters."""
+    w = _Walk()
+    inits, graph_inputs, producer, nodes = index.initializers, index.inputs, index.producer, index.nodes
+    sparse = {s.values.name for s in index.graph.sparse_initializer}
+    stack: list[tuple[str, str | None]] = [(v, None) for v in reversed(outputs)]
+    while stack:
+        v, via = stack.pop()
+        if v in w.seen:
+            continue
+        w.seen.add(v)
+        w.parent[v] = via
+        if v in stop:
+            continue
+        if v in inits or v in sparse:
+            w.params.add(v)
+            continue
+        if v in graph_inputs:
+            w.leaks[v] = None
+            continue
+        i = producer.get(v)
+        if i is None:
+            w.undefined.append(v)
+            continue
+        if i in w.keep:
+            continue
+        w.keep.add(i)
+        reads = node_reads(nodes[i])
+        w.reads[i] = reads
+        for r in reversed(reads):
+            if r not in w.seen:
+                stack.append((r, v))
+    return w
+
+
+def _path(walk: _Walk, start: str) -> str:
+    chain = [start]
+    while (nxt := walk.parent.get(chain[-1])) is not None and len(chain) < 10_000:
+        chain.append(nxt)
+    if len(chain) > 8:
+        chain = chain[:3] + [f"... {len(chain) - 6} more ..."] + chain[-3:]
+    return " -> ".join(chain)
+
+
+def _open_cut(walk: _Walk) -> InputError:
+    lines = [f"  - {leak!r} leaks in: {_path(walk, leak)}" for leak in walk.leaks]
+    names = " ".join(f"--in {leak}" for leak in walk.leaks)
+    return InputError(
+        "the cut is open: the outputs need graph inputs that are not listed with --in:\n" + "\n".join(lines),
+        f"add {names}, cut further down, or pass --auto-inputs",
+    )
+
+
+def _check_depends(index: GraphIndex, walk: _Walk, out_res: list[Resolved], stop: set[str]) -> None:
+    depends = set(stop)
+    for i in sorted(walk.keep):
+        if any(r in depends for r in walk.reads[i]):
+            depends.update(index.nodes[i].output)
+    dead = [r for r in out_res if r.value not in depends]
+    if dead:
+        names = ", ".join(repr(r.query) for r in dead)
+        raise InputError(
+            f"output {names} does not depend on any listed input (it is computed from parameters alone)",
+            "list an input it is computed from with --in, or drop the output",
+        )
+
+
+def _check_unique(in_specs, in_res, out_specs, out_res) -> None:
+    problems = []
+    by_value: dict[str, str] = {}
+    for s, r in zip(in_specs, in_res):
+        if r.value in by_value:
+            problems.append(f"{s.text!r} and {by_value[r.value]!r} name the same value {r.value!r}")
+        by_value[r.value] = s.text
+    in_names = {s.new_name or r.value: r.value for s, r in zip(in_specs, in_res)}
+    out_names: set[str] = set()
+    for s, r in zip(out_specs, out_res):
+        name = s.new_name or r.value
+        if name in out_names or in_names.get(name, r.value) != r.value:
+            problems.append(f"the name {name!r} is given to more than one input or output")
+        out_names.add(name)
+    if problems:
+        raise InputError("; ".join(problems), "give each input and output its own name (name=value)")
+
+
+def _check_new_names(g: onnx.GraphProto, rename: dict[str, str], extra: list[tuple[str, str]], stop: set[str]) -> None:
+    existing = {o for n in g.node for o in n.output} | {t.name for t in g.initializer} | stop
+    clashes = [new for old, new in rename.items() if new in existing and new != old]
+    clashes += [new for _, new in extra if new in existing]
+    if clashes:
+        raise InputError(
+            "the new name " + ", ".join(repr(c) for c in clashes) + " is already a value of the piece",
+            "choose another record name",
+        )
+
+
+def _infer_types(model: onnx.ModelProto, index: GraphIndex, names: list[str]) -> dict[str, onnx.TypeProto]:
+    """Types of values the model does not annotate, by shape inference on what computes them."""
+    w = _walk(index, names, set())
+    g = onnx.GraphProto(name="infer")
+    g.node.extend(index.nodes[i] for i in sorted(w.keep))
+    g.initializer.extend(t for t in model.graph.initializer if t.name in w.params)
+    for t in g.initializer:
+        if serde.is_external(t):  # only dims matter here: drop the bytes, keep the shape
+            t.ClearField("external_data")
+            t.data_location = onnx.TensorProto.DEFAULT
+            t.raw_data = b""
+    g.input.extend(index.inputs[v] for v in w.leaks)
+    g.value_info.extend(index.graph.value_info)
+    g.output.extend(onnx.ValueInfoProto(name=n) for n in names)
+    probe = onnx.helper.make_model(g, opset_imports=model.opset_import, ir_version=model.ir_version)
+    probe.functions.extend(model.functions)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(probe, data_prop=True)
+    except Exception:  # inference is a best effort here; missing types are reported later
+        return {}
+    known = {v.name: v.type for v in list(inferred.graph.value_info) + list(inferred.graph.output)}
+    return {n: known[n] for n in names if n in known and known[n].WhichOneof("value") is not None}
+
+
+def _reinfer(model: onnx.ModelProto, g: onnx.GraphProto, outs: list[Port], in_specs: list[_Spec]) -> list[Port]:
+    """After a type override, re-infer every shape downstream; refuse one that cannot fit."""
+    del g.value_info[:]
+    for o in g.output:
+        o.type.Clear()
+    probe = onnx.helper.make_model(g, opset_imports=model.opset_import, ir_version=model.ir_version)
+    probe.functions.extend(model.functions)
+    overrides = ", ".join(repr(s.text) for s in in_specs if s.type is not None)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(probe, strict_mode=True, data_prop=True)
+    except Exception as e:  # onnx reports shape errors as several exception types
+        reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise InputError(
+            f"the new input type {overrides} does not fit the piece: {reason}",
+            "check the shape you gave, or cut so that the new shape fits",
+        ) from None
+    types = {v.name: v.type for v in inferred.graph.output}
+    g.value_info.extend(inferred.graph.value_info)
+    new_outs = []
+    for p, o in zip(outs, g.output):
+        t = types.get(o.name)
+        if t is not None and t.WhichOneof("value") is not None:
+            o.type.CopyFrom(t)
+        new_outs.append(Port(p.name, p.value, dtypes.show(o.type if o.type.WhichOneof("value") else None), p.resolved))
+    return new_outs
+
+
+def _new_model(model: onnx.ModelProto) -> onnx.ModelProto:
+    """An empty model with the source's header: versions, opsets, metadata, functions."""
+    piece = onnx.ModelProto(
+        ir_version=model.ir_version,
+        producer_name=model.producer_name,
+        producer_version=model.producer_version,
+        domain=model.domain,
+        model_version=model.model_version,
+        doc_string=model.doc_string,
+    )
+    piece.opset_import.extend(model.opset_import)
+    piece.metadata_props.extend(model.metadata_props)
+    piece.functions.extend(model.functions)
+    return piece

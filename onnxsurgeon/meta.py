@@ -1,0 +1,67 @@
+"""What onnxsurgeon records in a model's metadata: the parameter mode, which parameters are
+frozen, and where a piece was cut from. Stored as ``metadata_props`` entries so that any
+ONNX tool carries them along.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import onnx
+
+MODE = "onnxsurgeon.params"
+FROZEN = "onnxsurgeon.frozen"
+CUT = "onnxsurgeon.cut"
+KEYS = (MODE, FROZEN, CUT)
+
+
+def get(model: onnx.ModelProto, key: str) -> str | None:
+    for entry in model.metadata_props:
+        if entry.key == key:
+            return entry.value
+    return None
+
+
+def put(model: onnx.ModelProto, key: str, value: str | None) -> None:
+    """Set (or with None, remove) one metadata entry, keeping the others in order."""
+    kept = [(e.key, e.value) for e in model.metadata_props if e.key != key]
+    if value is not None:
+        kept.append((key, value))
+    del model.metadata_props[:]
+    for k, v in kept:
+        entry = model.metadata_props.add()
+        entry.key, entry.value = k, v
+
+
+def mode(model: onnx.ModelProto) -> str | None:
+    """The parameter mode stored by ``extract``, if any."""
+    return get(model, MODE)
+
+
+def frozen(model: onnx.ModelProto) -> set[str]:
+    """Names of the parameters marked frozen."""
+    raw = get(model, FROZEN)
+    if not raw:
+        return set()
+    try:
+        names = json.loads(raw)
+    except json.JSONDecodeError:
+        return set()
+    return {n for n in names if isinstance(n, str)} if isinstance(names, list) else set()
+
+
+def set_frozen(model: onnx.ModelProto, names: set[str]) -> None:
+    put(model, FROZEN, json.dumps(sorted(names)) if names else None)
+
+
+def cut(model: onnx.ModelProto) -> dict[str, Any] | None:
+    """The provenance of a piece: source, inputs and outputs (piece name -> source value)."""
+    raw = get(model, CUT)
+    if not raw:
+        return None
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None

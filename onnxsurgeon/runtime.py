@@ -1,0 +1,66 @@
+"""Running models with onnxruntime: the one place that creates inference sessions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnx
+
+from onnxsurgeon import serde
+from onnxsurgeon.errors import EnvironmentProblem, InputError
+
+# onnxruntime 1.19 reads models up to these versions.
+MAX_IR = 10
+MAX_OPSET = 21
+
+
+def _ort() -> Any:
+    try:
+        import onnxruntime
+    except ImportError:
+        raise EnvironmentProblem(
+            "onnxruntime is not installed",
+            "pip install onnxruntime-training-cpu==1.19.2 (it provides onnxruntime)",
+        ) from None
+    onnxruntime.set_default_logger_severity(3)
+    return onnxruntime
+
+
+def session(model: onnx.ModelProto, what: str = "the model") -> Any:
+    """An onnxruntime CPU session for a model, quiet, with external weights read in."""
+    ort = _ort()
+    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    if opset > MAX_OPSET:
+        raise EnvironmentProblem(
+            f"{what} uses opset {opset}; onnxruntime {ort.__version__} runs opsets up to {MAX_OPSET}",
+            "convert the model to an older opset with onnx.version_converter",
+        )
+    if model.ir_version > MAX_IR:
+        clamped = onnx.ModelProto()
+        clamped.CopyFrom(model)
+        clamped.ir_version = MAX_IR
+        model = clamped
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    try:
+        return ort.InferenceSession(serde.to_bytes(model), options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own exception types for bad models
+        raise InputError(f"onnxruntime cannot load {what}: {_first_line(e)}") from None
+
+
+def run(sess: Any, feeds: dict[str, np.ndarray], outputs: list[str] | None = None, what: str = "the model"):
+    try:
+        return sess.run(outputs, feeds)
+    except Exception as e:  # onnxruntime raises its own exception types
+        raise InputError(
+            f"onnxruntime failed to run {what}: {_first_line(e)}",
+            "give real inputs with --data x.npz (arrays named after the graph inputs)",
+        ) from None
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

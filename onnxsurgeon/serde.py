@@ -1,0 +1,260 @@
+"""Reading and writing model files: the only module that deals with files and protobuf bytes.
+
+Models are read with protobuf's own parser (no walk over every node). Tensors kept in
+external data files are not read at load time: their locations are checked and made
+absolute, and their bytes are read only when a model that still needs them is saved or run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import onnx
+from google.protobuf.message import DecodeError
+
+from onnxsurgeon.errors import InputError
+
+# Tensors at least this large go to the external data file when a model is written with
+# external data; smaller ones stay inline, as onnx does.
+EXTERNAL_THRESHOLD = 1024
+# protobuf cannot serialise a message of 2 GiB or more; leave room for the graph itself.
+INLINE_LIMIT = 1_800_000_000
+
+
+def load(path: str | os.PathLike[str]) -> onnx.ModelProto:
+    """Read an ONNX model file, leaving external weights on disk until they are needed."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"no such file: {path}", "check the path of the model")
+    if path.is_dir():
+        raise InputError(f"{path} is a directory, not an ONNX model file", "name the .onnx file inside it")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise InputError(f"cannot read {path}: {e.strerror}", "check the file's permissions") from None
+    model = parse(data, str(path))
+    if b"location" in data:  # cheap test: no external data entry can exist without this key
+        _resolve_external(model, path.parent.resolve())
+    return model
+
+
+def parse(data: bytes, what: str = "model") -> onnx.ModelProto:
+    """Parse the bytes of a model, refusing anything that is not a complete ONNX model."""
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(data)
+    except (DecodeError, RuntimeError, ValueError):
+        raise InputError(
+            f"{what} is not an ONNX model: its bytes do not parse (truncated or another format)",
+            "re-export or re-download the model",
+        ) from None
+    # A truncated file can still parse when it ends on a field boundary; the graph and the
+    # opset list are written before anything optional, so their absence gives it away.
+    if model.ir_version <= 0 or not model.HasField("graph") or not model.opset_import:
+        raise InputError(
+            f"{what} is not an ONNX model (no IR version, graph or opset import: truncated or another format)",
+            "re-export or re-download the model",
+        )
+    return model
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 of a file, read in blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def iter_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor of a graph: initializers and tensor attributes, subgraphs included."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    for node in graph.node:
+        if not node.attribute:
+            continue
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from iter_tensors(attr.g)
+            for g in attr.graphs:
+                yield from iter_tensors(g)
+
+
+def iter_model_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor of a model, local functions included."""
+    yield from iter_tensors(model.graph)
+    for f in model.functions:
+        for node in f.node:
+            for attr in node.attribute:
+                if attr.HasField("t"):
+                    yield attr.t
+
+
+def is_external(tensor: onnx.TensorProto) -> bool:
+    return tensor.data_location == onnx.TensorProto.EXTERNAL
+
+
+def _external_info(tensor: onnx.TensorProto) -> dict[str, str]:
+    return {e.key: e.value for e in tensor.external_data}
+
+
+def _resolve_external(model: onnx.ModelProto, base: Path) -> None:
+    """Check every external location stays beside the model, and make it absolute."""
+    for tensor in iter_model_tensors(model):
+        if not is_external(tensor):
+            continue
+        info = _external_info(tensor)
+        location = info.get("location", "")
+        target = (base / location).resolve()
+        if not location or Path(location).is_absolute() or base not in target.parents:
+            raise InputError(
+                f"tensor {tensor.name!r} points at external data outside the model's folder: {location!r}",
+                "external data files must lie in the model's folder (relative paths, no '..')",
+            )
+        if not target.is_file():
+            raise InputError(
+                f"external data file {location!r} of tensor {tensor.name!r} is missing",
+                f"place {location!r} beside the model in {base}",
+            )
+        _set_external(tensor, str(target), info)
+
+
+def _set_external(tensor: onnx.TensorProto, location: str, info: dict[str, str]) -> None:
+    info = dict(info, location=location)
+    del tensor.external_data[:]
+    for key, value in info.items():
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+
+
+def read_external(tensor: onnx.TensorProto) -> bytes:
+    """The bytes of an external tensor whose location :func:`load` made absolute."""
+    info = _external_info(tensor)
+    offset = int(info.get("offset", 0))
+    length = int(info["length"]) if "length" in info else -1
+    try:
+        with open(info["location"], "rb") as f:
+            f.seek(offset)
+            data = f.read(length)
+    except OSError as e:
+        raise InputError(f"cannot read external data of tensor {tensor.name!r}: {e}") from None
+    if length >= 0 and len(data) != length:
+        raise InputError(
+            f"external data of tensor {tensor.name!r} is truncated: {len(data)} of {length} bytes",
+            "re-export the model or restore its .data file",
+        )
+    return data
+
+
+def _inline(tensor: onnx.TensorProto) -> None:
+    tensor.raw_data = read_external(tensor)
+    del tensor.external_data[:]
+    tensor.data_location = onnx.TensorProto.DEFAULT
+
+
+def materialize(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of the model with every external tensor read into memory."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for tensor in iter_model_tensors(out):
+        if is_external(tensor):
+            _inline(tensor)
+    return out
+
+
+def to_bytes(model: onnx.ModelProto) -> bytes:
+    """Serialised bytes with all weights inline (for onnxruntime or a small model file)."""
+    if any(is_external(t) for t in model.graph.initializer) or _has_external(model):
+        model = materialize(model)
+    return model.SerializeToString()
+
+
+def _has_external(model: onnx.ModelProto) -> bool:
+    return any(is_external(t) for t in iter_model_tensors(model))
+
+
+def _tensor_bytes(tensor: onnx.TensorProto) -> int:
+    if is_external(tensor):
+        return int(_external_info(tensor).get("length", 0))
+    return tensor.ByteSize()
+
+
+def weight_bytes(model: onnx.ModelProto) -> int:
+    """Bytes held by the model's initializers, inline or external."""
+    return sum(_tensor_bytes(t) for t in model.graph.initializer)
+
+
+def save(model: onnx.ModelProto, path: str | os.PathLike[str], external_data: bool | None = None) -> list[Path]:
+    """Write a model atomically and return the files written.
+
+    ``external_data=None`` writes weights inline unless they would not fit in one protobuf
+    message; ``True`` always writes them to ``<name>.data`` beside the model. Each file is
+    written to a temporary name in the same folder, flushed and renamed, so a reader never
+    sees a half-written file; the data file is renamed before the model that refers to it.
+    """
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise InputError(f"cannot write {path}: folder {folder} does not exist", "create the folder first")
+    if path.is_dir():
+        raise InputError(f"cannot write {path}: it is a directory", "name a file to write")
+    if external_data is None:
+        external_data = weight_bytes(model) > INLINE_LIMIT
+    if not external_data:
+        return [_atomic_write(path, [to_bytes(model)])]
+    data_path = path.with_name(path.name + ".data")
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    chunks: list[bytes] = []
+    offset = 0
+    for tensor in iter_model_tensors(out):
+        external = is_external(tensor)
+        if not external and len(tensor.raw_data) < EXTERNAL_THRESHOLD:
+            continue  # small tensors, and those held in typed fields, stay inline
+        data = read_external(tensor) if external else tensor.raw_data
+        pad = (-offset) % 64  # keep tensors aligned for memory mapping
+        if pad:
+            chunks.append(b"\0" * pad)
+            offset += pad
+        chunks.append(data)
+        tensor.ClearField("raw_data")
+        _set_external(tensor, data_path.name, {"offset": str(offset), "length": str(len(data))})
+        tensor.data_location = onnx.TensorProto.EXTERNAL
+        offset += len(data)
+    written = [_atomic_write(data_path, chunks)]
+    written.append(_atomic_write(path, [out.SerializeToString()]))
+    return written
+
+
+def _atomic_write(path: Path, chunks: list[bytes]) -> Path:
+    folder = path.parent if str(path.parent) else Path(".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except OSError as e:
+        raise InputError(f"cannot write {path}: {e.strerror}", "choose a writable output folder") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for chunk in chunks:
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(e, OSError):
+            raise InputError(f"cannot write {path}: {e.strerror}", "check free space and permissions") from None
+        raise
+    return path
