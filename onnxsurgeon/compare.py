@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from onnxsurgeon import meta, runtime, serde
+from onnxsurgeon import meta, modes, runtime, serde
 from onnxsurgeon.errors import InputError
 from onnxsurgeon.graph import GraphIndex
 
@@ -116,7 +116,11 @@ def verify(
 
     The piece is fed the values the original computes at its inputs, so both see the same
     data. ``data`` gives the original's graph inputs; random seeded values are used if None.
+    A ``constant`` piece is compared with the original in inference mode (BatchNormalization
+    on running statistics, Dropout off), the semantics it was frozen to.
     """
+    if meta.mode(piece) == "constant":
+        original = modes.inference_view(original)
     cut = meta.cut(piece) or {}
     in_map: dict[str, str] = cut.get("inputs") or {v.name: v.name for v in piece.graph.input}
     out_map: dict[str, str] = cut.get("outputs") or {v.name: v.name for v in piece.graph.output}

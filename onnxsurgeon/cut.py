@@ -163,10 +163,15 @@ def extract(
     folded: list[str] = []
     removed: list[str] = []
     if params == "constant":
-        vi = {v.name: v.type for v in g.value_info}
+        known = {v.name: v.type for v in g.value_info}
+        known.update((k, t) for k, t in types.items() if t is not None)
+        bn_inputs = [n.input[0] for n in g.node if n.op_type == "BatchNormalization"]
+        missing = [x for x in bn_inputs if x not in known and index.type_of(x) is None]
+        if missing:
+            known.update(_infer_types(model, index, missing))
 
         def rank_of(name: str) -> int | None:
-            return dtypes.rank(types.get(name) or vi.get(name) or index.type_of(name))
+            return dtypes.rank(known.get(name) or index.type_of(name))
 
         folded, removed, more = modes.freeze(g, rank_of, set(out_values))
         warnings += more
@@ -360,8 +365,7 @@ def _infer_types(model: onnx.ModelProto, index: GraphIndex, names: list[str]) ->
     g.input.extend(index.inputs[v] for v in w.leaks)
     g.value_info.extend(index.graph.value_info)
     g.output.extend(onnx.ValueInfoProto(name=n) for n in names)
-    probe = onnx.helper.make_model(g, opset_imports=model.opset_import, ir_version=model.ir_version)
-    probe.functions.extend(model.functions)
+    probe = _probe(model, g)
     try:
         inferred = onnx.shape_inference.infer_shapes(probe, data_prop=True)
     except Exception:  # inference is a best effort here; missing types are reported later
@@ -370,13 +374,20 @@ def _infer_types(model: onnx.ModelProto, index: GraphIndex, names: list[str]) ->
     return {n: known[n] for n in names if n in known and known[n].WhichOneof("value") is not None}
 
 
+def _probe(model: onnx.ModelProto, g: onnx.GraphProto) -> onnx.ModelProto:
+    """A model around a graph for shape inference only."""
+    # IR 4 at least: before it, initializers not listed as inputs are not seen by inference
+    probe = onnx.helper.make_model(g, opset_imports=model.opset_import, ir_version=max(model.ir_version, 4))
+    probe.functions.extend(model.functions)
+    return probe
+
+
 def _reinfer(model: onnx.ModelProto, g: onnx.GraphProto, outs: list[Port], in_specs: list[_Spec]) -> list[Port]:
     """After a type override, re-infer every shape downstream; refuse one that cannot fit."""
     del g.value_info[:]
     for o in g.output:
         o.type.Clear()
-    probe = onnx.helper.make_model(g, opset_imports=model.opset_import, ir_version=model.ir_version)
-    probe.functions.extend(model.functions)
+    probe = _probe(model, g)
     overrides = ", ".join(repr(s.text) for s in in_specs if s.type is not None)
     try:
         inferred = onnx.shape_inference.infer_shapes(probe, strict_mode=True, data_prop=True)

@@ -165,3 +165,26 @@ def prune(graph: onnx.GraphProto, outputs: set[str]) -> None:
         tensors = [t for t in graph.initializer if t.name in live]
         del graph.initializer[:]
         graph.initializer.extend(tensors)
+
+
+def inference_view(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of a model with BatchNormalization on its running statistics and Dropout off:
+    the semantics a ``constant`` piece is frozen to, and what ``verify`` compares it with."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    extra: list[onnx.NodeProto] = []
+    for node in out.graph.node:
+        if _is_op(node, "Dropout") and len(node.input) > 2:
+            node.input[2] = ""  # no training_mode: inference
+        elif _is_op(node, "BatchNormalization") and any(
+            a.name == "training_mode" and a.i for a in node.attribute
+        ):
+            attrs = [a for a in node.attribute if a.name != "training_mode"]
+            del node.attribute[:]
+            node.attribute.extend(attrs)
+            for k, stat in ((1, node.input[3]), (2, node.input[4])):
+                if len(node.output) > k and node.output[k]:
+                    extra.append(helper.make_node("Identity", [stat], [node.output[k]]))
+            del node.output[1:]
+    out.graph.node.extend(extra)
+    return out

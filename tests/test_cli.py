@@ -1,0 +1,110 @@
+"""The command line: every command has help with an example, JSON output, clean exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import onnxsurgeon as osg
+
+COMMANDS = ["extract", "verify", "nodes", "params", "info"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help_with_an_example(cli, command):
+    code, out, _ = cli(command, "--help")
+    assert code == 0
+    assert "Example: onnxsurgeon " + command in " ".join(out.split())
+
+
+def test_extract_verify_params_info_round_trip(cli, fixture_path, tmp_path):
+    src = fixture_path("autoencoder.onnx")
+    feat = tmp_path / "feat.onnx"
+    code, out, err = cli("extract", src, "--in", "input", "--out", "L4_y", "--params", "constant", "-o", feat)
+    assert code == 0, err
+    assert "wrote" in out and "from 'L4_y' by alias" in out
+    code, out, _ = cli("verify", src, feat)
+    assert code == 0 and "ok" in out
+    code, out, _ = cli("params", feat, "--json")
+    data = json.loads(out)
+    assert data["total"]["frozen"] == 8 and data["total"]["count"] == 8
+    code, out, _ = cli("info", feat, "--json")
+    data = json.loads(out)
+    assert data["mode"] == "constant" and data["cut"]["outputs"] == {"L4.y": "L4.y"}
+    assert data["cut"]["sha256"] == __import__("hashlib").sha256(src.read_bytes()).hexdigest()
+
+
+def test_extract_json_shows_how_names_resolved(cli, fixture_path, tmp_path):
+    code, out, _ = cli(
+        "extract", fixture_path("autoencoder.onnx"), "--in", "feat=input", "--out", "z=L4_y", "-o", tmp_path / "p.onnx", "--json"
+    )
+    assert code == 0
+    data = json.loads(out)
+    assert data["inputs"][0]["name"] == "feat" and data["inputs"][0]["value"] == "input"
+    assert data["outputs"][0]["resolved"] == {"query": "L4_y", "value": "L4.y", "how": "alias"}
+
+
+def test_dry_run_writes_nothing(cli, fixture_path, tmp_path):
+    out_path = tmp_path / "p.onnx"
+    code, out, _ = cli("extract", fixture_path("bn_dropout.onnx"), "--in", "image", "--out", "logits", "--params", "constant", "-o", out_path, "--dry-run")
+    assert code == 0 and not out_path.exists()
+    assert "node  bn1/folded_mul" in out and "param fc.weight" in out and "1 BatchNormalization folded" in out
+
+
+def test_nodes_lines_grep_and_op(cli, fixture_path):
+    code, out, _ = cli("nodes", fixture_path("autoencoder.onnx"), "--grep", "L4_y")
+    assert code == 0
+    assert out.strip() in {
+        "L4.y = Relu (L4.z) : float32[N,16] -> float32[N,16]  [alias L4_y]",
+    } or "L4.y = Relu (L4.z) : float32[N,16] -> float32[N,16]" in out
+    code, out, _ = cli("nodes", fixture_path("bn_dropout.onnx"), "--op", "conv", "--json")
+    data = json.loads(out)
+    assert [n["op"] for n in data["nodes"]] == ["Conv"] and data["total"] == 6
+
+
+def test_verify_mismatch_exits_1(cli, fixture_path, tmp_path):
+    src = fixture_path("autoencoder.onnx")
+    model = osg.load(src)
+    piece, _ = osg.extract(model, inputs=["input"], outputs=["L2.y"])
+    piece.graph.initializer[0].raw_data = bytes(len(piece.graph.initializer[0].raw_data))
+    osg.save(piece, tmp_path / "bad.onnx")
+    code, out, err = cli("verify", src, tmp_path / "bad.onnx")
+    assert code == 1 and "MISMATCH" in out and "outputs differ" in err
+
+
+def test_help_is_fast_and_imports_no_onnx():
+    code = (
+        "import sys; from onnxsurgeon.cli import main; "
+        "rc = main(['--help']); "
+        "heavy = [m for m in ('onnx', 'onnxruntime', 'numpy') if m in sys.modules]; "
+        "print(heavy); sys.exit(rc)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_library_never_prints(capsys, fixture_path):
+    model = osg.load(fixture_path("bn_dropout_train.onnx"))
+    piece, _ = osg.extract(model, inputs=["image"], outputs=["logits"], params="constant")
+    osg.verify(model, piece)
+    osg.info(piece), osg.params(piece), osg.nodes(piece)
+    out, err = capsys.readouterr()
+    assert out == "" and err == ""
+
+
+def test_layering():
+    """Only the CLI package imports typer and rich; the library imports no training code."""
+    from pathlib import Path
+
+    root = Path(osg.__file__).parent
+    for path in root.rglob("*.py"):
+        text = path.read_text()
+        rel = path.relative_to(root).as_posix()
+        if not rel.startswith("cli/"):
+            assert "import typer" not in text and "from rich" not in text, rel
+        if not rel.startswith("train/"):
+            assert "onnxruntime.training" not in text, rel

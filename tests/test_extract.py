@@ -1,0 +1,178 @@
+"""extract on the fixtures: exact values, closed cuts, records, overrides, metadata."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+import onnxsurgeon as osg
+from onnxsurgeon import meta, serde
+
+
+def cut(path, inputs, outputs, params="learnable", **kw):
+    model = osg.load(path)
+    before = model.SerializeToString()
+    piece, report = osg.extract(model, inputs=inputs, outputs=outputs, params=params, **kw)
+    # in memory, a piece refers to its source's external data by absolute path
+    onnx.checker.check_model(serde.materialize(piece), full_check=True)
+    assert model.SerializeToString() == before  # the source is never changed
+    result = osg.verify(model, piece)
+    assert result.ok, result.to_dict()
+    return model, piece, report
+
+
+def test_feature_extractor_cut(fixture_path):
+    model, piece, report = cut(fixture_path("autoencoder.onnx"), ["input"], ["L4_y"], "constant")
+    assert [v.name for v in piece.graph.input] == ["input"]
+    assert [v.name for v in piece.graph.output] == ["L4.y"]
+    assert report.outputs[0].type == "float32[N,16]"  # symbolic batch kept
+    assert {n.op_type for n in piece.graph.node} == {"MatMul", "Add", "Relu"}
+    assert len(piece.graph.node) == 12
+    assert set(report.parameters) == {"L1.W", "layers[0].b", "L2.W", "L2.b", "L3.W", "L3.b", "L4.W", "L4.b"}
+    assert meta.frozen(piece) == set(report.parameters)
+    assert meta.mode(piece) == "constant"
+
+
+def test_values_are_bit_identical(fixture_path):
+    model, piece, _ = cut(fixture_path("autoencoder.onnx"), ["L2.y"], ["L6.y"])
+    result = osg.verify(model, piece)
+    assert result.outputs[0].max_abs_diff == 0.0
+
+
+def test_records_rename_inputs_and_outputs(fixture_path):
+    _, piece, report = cut(fixture_path("autoencoder.onnx"), ["feat=input"], ["z=L4.y", "h=L2.y"])
+    assert [v.name for v in piece.graph.input] == ["feat"]
+    assert [v.name for v in piece.graph.output] == ["z", "h"]
+    provenance = meta.cut(piece)
+    assert provenance["inputs"] == {"feat": "input"}
+    assert provenance["outputs"] == {"z": "L4.y", "h": "L2.y"}
+
+
+def test_identity_cut_and_output_that_is_an_input(fixture_path):
+    _, piece, _ = cut(fixture_path("autoencoder.onnx"), ["L3.y"], ["L3.y", "L4.y"])
+    assert [v.name for v in piece.graph.output] == ["L3.y", "L4.y"]
+    _, piece, _ = cut(fixture_path("autoencoder.onnx"), ["x=L3.y"], ["y=L3.y"])
+    assert [n.op_type for n in piece.graph.node] == ["Identity"]
+
+
+def test_parameter_as_input(fixture_path):
+    _, piece, report = cut(fixture_path("autoencoder.onnx"), ["input", "L1.W"], ["L1.y"])
+    assert "L1.W" not in report.parameters
+    assert [v.name for v in piece.graph.input] == ["input", "L1.W"]
+    assert report.inputs[1].type == "float32[64,48]"
+
+
+def test_type_override_reinfers_downstream(fixture_path):
+    model = osg.load(fixture_path("autoencoder.onnx"))
+    piece, report = osg.extract(model, inputs=["input", "L1.W:float32[64,10]", "layers[0].b:float32[10]"], outputs=["L1.y"])
+    onnx.checker.check_model(piece, full_check=True)
+    assert report.outputs[0].type == "float32[N,10]"
+
+
+def test_type_override_that_cannot_fit(fixture_path):
+    model = osg.load(fixture_path("autoencoder.onnx"))
+    with pytest.raises(osg.InputError, match="does not fit"):
+        osg.extract(model, inputs=["input:float32[N,7]"], outputs=["L1.y"])
+
+
+def test_open_cut_names_the_leak_and_its_path(fixture_path):
+    model = osg.load(fixture_path("two_io.onnx"))
+    with pytest.raises(osg.InputError) as e:
+        osg.extract(model, inputs=["a"], outputs=["p"])
+    assert "'b' leaks in: b -> b1 -> s -> p" in e.value.message
+    assert "--auto-inputs" in e.value.hint
+    piece, report = osg.extract(model, inputs=["a"], outputs=["p"], auto_inputs=True)
+    assert [p.name for p in report.inputs] == ["a", "b"] and report.inputs[1].resolved is None
+    assert osg.verify(model, piece).ok
+
+
+def test_output_independent_of_inputs_is_refused(fixture_path):
+    model = osg.load(fixture_path("two_io.onnx"))
+    with pytest.raises(osg.InputError, match="does not depend on any listed input"):
+        osg.extract(model, inputs=["a"], outputs=["split_sizes"])
+
+
+def test_multi_output_node_and_index(fixture_path):
+    _, piece, report = cut(fixture_path("two_io.onnx"), ["s"], ["split:1", "r"])
+    assert [p.value for p in report.outputs] == ["s_hi", "r"]
+
+
+def test_if_branch_captures_outer_values(fixture_path):
+    model, piece, report = cut(fixture_path("if_outer.onnx"), ["h", "cond"], ["out"])
+    # bias_then, scale and inner_scale are read only inside the branches
+    assert {"bias_then", "scale", "inner_scale"} <= set(report.parameters)
+    assert "W1" not in report.parameters
+    for flag in (True, False):
+        data = {"x": np.ones((3, 4), np.float32), "cond": np.array(flag)}
+        assert osg.verify(model, piece, data).ok
+
+
+def test_loop_and_scan_bodies_capture_outer_weights(fixture_path):
+    _, _, report = cut(fixture_path("loop_scan.onnx"), ["x", "trip"], ["loop_out"])
+    assert {"Wl", "outer_b"} <= set(report.parameters) and "Ws" not in report.parameters
+    _, _, report = cut(fixture_path("loop_scan.onnx"), ["seq"], ["scan_out", "scan_steps"])
+    assert "Ws" in report.parameters
+
+
+def test_local_functions_are_kept(fixture_path):
+    _, piece, _ = cut(fixture_path("local_function.onnx"), ["h1"], ["out"])
+    assert [f.name for f in piece.functions] == ["LinearRelu"]
+    assert any(o.domain == "custom.fn" for o in piece.opset_import)
+
+
+def test_shared_weight_and_graph_output_used_inside(fixture_path):
+    _, piece, report = cut(fixture_path("shared_weight.onnx"), ["h"], ["y"])
+    assert report.parameters == ("W",)
+    _, piece, report = cut(fixture_path("shared_weight.onnx"), ["x"], ["h", "y"])
+    assert len(piece.graph.initializer) == 1
+
+
+def test_ir3_model_lists_initializers_as_inputs(fixture_path):
+    model, piece, report = cut(fixture_path("ir3_constants.onnx"), ["x"], ["y"])
+    assert piece.ir_version == 3
+    names = {v.name for v in piece.graph.input}
+    assert {t.name for t in piece.graph.initializer} <= names
+    assert report.inputs[0].name == "x"
+    _, piece, _ = cut(fixture_path("ir3_constants.onnx"), ["/block/MatMul:0@main"], ["y"])
+    assert any(n.op_type == "Constant" for n in piece.graph.node)
+
+
+def test_metadata_and_versions_are_kept(fixture_path):
+    model = osg.load(fixture_path("autoencoder.onnx"))
+    piece, _ = osg.extract(model, inputs=["input"], outputs=["L4.y"], source={"file": "autoencoder.onnx", "sha256": "x"})
+    assert piece.ir_version == model.ir_version
+    assert list(piece.opset_import) == list(model.opset_import)
+    assert piece.graph.doc_string == model.graph.doc_string
+    assert meta.get(piece, "author") == "fixtures"
+    assert json.loads(meta.get(piece, meta.CUT))["file"] == "autoencoder.onnx"
+
+
+def test_shared_and_learnable_keep_names(fixture_path):
+    for mode in ("shared", "learnable"):
+        _, piece, report = cut(fixture_path("autoencoder.onnx"), ["input"], ["L4.y"], mode)
+        assert meta.mode(piece) == mode and not meta.frozen(piece)
+        assert "L1.W" in report.parameters
+
+
+def test_unused_input_is_a_warning(fixture_path):
+    _, _, report = cut(fixture_path("two_io.onnx"), ["a", "b"], ["a1"])
+    assert any("'b'" in w for w in report.warnings)
+
+
+def test_external_data_in_and_out(fixture_path, tmp_path):
+    model, piece, report = cut(fixture_path("autoencoder_external/autoencoder.onnx"), ["input"], ["L4.y"], "constant")
+    assert report.parameter_bytes > 20_000
+    inline = tmp_path / "inline.onnx"
+    osg.save(piece, inline)
+    assert not (tmp_path / "inline.onnx.data").exists()
+    ext = tmp_path / "ext.onnx"
+    written = osg.save(piece, ext, external_data=True)
+    assert [p.name for p in written] == ["ext.onnx.data", "ext.onnx"]
+    assert ext.stat().st_size < 5_000
+    for path in (inline, ext):
+        assert osg.verify(model, osg.load(path)).ok
+    # onnx itself reads what we wrote
+    onnx.checker.check_model(onnx.load(str(ext)), full_check=True)

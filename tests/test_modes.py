@@ -1,0 +1,64 @@
+"""constant mode: BatchNorm folded to its inference form, Dropout removed, parameters frozen."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+import onnxsurgeon as osg
+from onnxsurgeon import meta, runtime
+
+
+def run(model, feeds):
+    sess = runtime.session(model)
+    return sess.run(None, feeds)
+
+
+def test_constant_folds_batchnorm_and_removes_dropout(fixture_path):
+    model = osg.load(fixture_path("bn_dropout.onnx"))
+    piece, report = osg.extract(model, inputs=["image"], outputs=["logits"], params="constant")
+    onnx.checker.check_model(piece, full_check=True)
+    ops = {n.op_type for n in piece.graph.node}
+    assert "BatchNormalization" not in ops and "Dropout" not in ops
+    assert report.folded_batchnorms == ("bn1",) and report.removed_dropouts == ("drop1",)
+    assert not {"bn1.running_mean", "bn1.running_var", "drop1.ratio"} & set(report.parameters)
+    assert meta.frozen(piece) == set(report.parameters)
+    result = osg.verify(model, piece)
+    assert result.ok and result.outputs[0].max_rel_diff < 1e-5
+
+
+def test_constant_on_training_mode_export_gives_inference_values(fixture_path):
+    """BatchNorm with training_mode=1 and active Dropout become their inference semantics:
+    the same values as the inference-mode graph with the same weights."""
+    train = osg.load(fixture_path("bn_dropout_train.onnx"))
+    infer = osg.load(fixture_path("bn_dropout.onnx"))
+    piece, _ = osg.extract(train, inputs=["image"], outputs=["logits"], params="constant")
+    assert not {"BatchNormalization", "Dropout"} & {n.op_type for n in piece.graph.node}
+    x = np.random.default_rng(1).standard_normal((5, 3, 8, 8)).astype(np.float32)
+    (got,) = run(piece, {"image": x})
+    want = run(infer, {"image": x})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    # and the training-mode graph itself computes something else (batch statistics)
+    (train_out, *_) = run(train, {"image": x})
+    assert not np.allclose(train_out, want, rtol=1e-3)
+    assert osg.verify(train, piece).ok  # verify compares with the inference semantics
+
+
+def test_running_stat_outputs_become_the_stored_statistics(fixture_path):
+    train = osg.load(fixture_path("bn_dropout_train.onnx"))
+    piece, _ = osg.extract(
+        train, inputs=["image"], outputs=["logits", "bn1.running_mean_out", "drop1.mask"], params="constant"
+    )
+    onnx.checker.check_model(piece, full_check=True)
+    x = np.zeros((2, 3, 8, 8), np.float32)
+    _, mean, mask = run(piece, {"image": x})
+    stored = {t.name: onnx.numpy_helper.to_array(t) for t in train.graph.initializer}
+    np.testing.assert_array_equal(mean, stored["bn1.running_mean"])
+    assert mask.dtype == np.bool_ and mask.all()
+
+
+def test_learnable_keeps_batchnorm(fixture_path):
+    model = osg.load(fixture_path("bn_dropout.onnx"))
+    piece, _ = osg.extract(model, inputs=["image"], outputs=["logits"])
+    assert "BatchNormalization" in {n.op_type for n in piece.graph.node}
+    assert osg.verify(model, piece).to_dict()["outputs"][0]["max_abs_diff"] == 0.0
