@@ -125,7 +125,7 @@ def extract(
     auto: list[str] = []
     if walk.leaks:
         if not auto_inputs:
-            raise _open_cut(walk)
+            raise _open_cut(index, walk)
         auto = list(walk.leaks)
         stop.update(auto)
 
@@ -143,13 +143,9 @@ def extract(
     g.node.extend(index.nodes[i] for i in kept)
     g.initializer.extend(t for t in graph.initializer if t.name in walk.params)
     g.sparse_initializer.extend(s for s in graph.sparse_initializer if s.values.name in walk.params)
-    produced = {o for i in kept for o in index.nodes[i].output}
-    boundary = stop | set(out_values)
-    g.value_info.extend(vi for vi in graph.value_info if vi.name in produced and vi.name not in boundary)
-
     in_ports = [(s.new_name or r.value, r.value, s.type, r) for s, r in zip(in_specs, in_res)]
     in_ports += [(v, v, None, None) for v in auto]
-    types = {v: index.type_of(v) for v in [p[1] for p in in_ports] + out_values}
+    types = _copy_value_info(index, walk.keep, [p[1] for p in in_ports] + out_values, g)
     unknown = [v for v, t in types.items() if t is None]
     if unknown:
         types.update(_infer_types(model, index, unknown))
@@ -251,7 +247,6 @@ class _Walk:
     leaks: dict[str, None] = field(default_factory=dict)
     undefined: list[str] = field(default_factory=list)
     seen: set[str] = field(default_factory=set)
-    parent: dict[str, str | None] = field(default_factory=dict)
     reads: dict[int, list[str]] = field(default_factory=dict)
 
 
@@ -260,47 +255,46 @@ def _walk(index: GraphIndex, outputs: list[str], stop: set[str]) -> _Walk:
     w = _Walk()
     inits, graph_inputs, producer, nodes = index.initializers, index.inputs, index.producer, index.nodes
     sparse = {s.values.name for s in index.graph.sparse_initializer}
-    stack: list[tuple[str, str | None]] = [(v, None) for v in reversed(outputs)]
+    seen, keep, reads = w.seen, w.keep, w.reads
+    stack = list(reversed(outputs))
     while stack:
-        v, via = stack.pop()
-        if v in w.seen:
+        v = stack.pop()
+        if v in seen:
             continue
-        w.seen.add(v)
-        w.parent[v] = via
+        seen.add(v)
         if v in stop:
             continue
-        if v in inits or v in sparse:
-            w.params.add(v)
-            continue
-        if v in graph_inputs:
-            w.leaks[v] = None
-            continue
         i = producer.get(v)
-        if i is None:
+        if i is not None:
+            if i not in keep:
+                keep.add(i)
+                r = reads[i] = node_reads(nodes[i])
+                stack.extend(reversed(r))
+        elif v in inits or v in sparse:
+            w.params.add(v)
+        elif v in graph_inputs:
+            w.leaks[v] = None
+        else:
             w.undefined.append(v)
-            continue
-        if i in w.keep:
-            continue
-        w.keep.add(i)
-        reads = node_reads(nodes[i])
-        w.reads[i] = reads
-        for r in reversed(reads):
-            if r not in w.seen:
-                stack.append((r, v))
     return w
 
 
-def _path(walk: _Walk, start: str) -> str:
+def _path(index: GraphIndex, walk: _Walk, start: str) -> str:
+    """One path from a value up to an output that reads it, through kept nodes."""
+    consumers: dict[str, int] = {}
+    for i in walk.keep:
+        for r in walk.reads[i]:
+            consumers.setdefault(r, i)
     chain = [start]
-    while (nxt := walk.parent.get(chain[-1])) is not None and len(chain) < 10_000:
-        chain.append(nxt)
+    while (i := consumers.get(chain[-1])) is not None and len(chain) < len(walk.keep) + 2:
+        chain.append(next(o for o in index.nodes[i].output if o))
     if len(chain) > 8:
         chain = chain[:3] + [f"... {len(chain) - 6} more ..."] + chain[-3:]
     return " -> ".join(chain)
 
 
-def _open_cut(walk: _Walk) -> InputError:
-    lines = [f"  - {leak!r} leaks in: {_path(walk, leak)}" for leak in walk.leaks]
+def _open_cut(index: GraphIndex, walk: _Walk) -> InputError:
+    lines = [f"  - {leak!r} leaks in: {_path(index, walk, leak)}" for leak in walk.leaks]
     names = " ".join(f"--in {leak}" for leak in walk.leaks)
     return InputError(
         "the cut is open: the outputs need graph inputs that are not listed with --in:\n" + "\n".join(lines),
@@ -308,7 +302,28 @@ def _open_cut(walk: _Walk) -> InputError:
     )
 
 
+def _copy_value_info(index: GraphIndex, keep: set[int], boundary: list[str], g: onnx.GraphProto):
+    """In one pass over the declared types: copy those of the piece's inner values into
+    it, and return the types of its boundary values (None where unknown)."""
+    types: dict[str, onnx.TypeProto | None] = {v: index.type_of(v, value_info=False) for v in boundary}
+    wanted = {v for v, t in types.items() if t is None}
+    producer = index.producer
+    inner = []
+    for vi in index.graph.value_info:
+        name = vi.name
+        if name in wanted:
+            types[name] = vi.type if vi.type.WhichOneof("value") else None
+        elif producer.get(name) in keep and name not in types:
+            inner.append(vi)
+    g.value_info.extend(inner)
+    return types
+
+
 def _check_depends(index: GraphIndex, walk: _Walk, out_res: list[Resolved], stop: set[str]) -> None:
+    if len(out_res) == 1:  # one output: it depends on an input if its walk reached one
+        depends = stop & walk.seen
+        if out_res[0].value not in stop and depends:
+            return
     depends = set(stop)
     for i in sorted(walk.keep):
         if any(r in depends for r in walk.reads[i]):

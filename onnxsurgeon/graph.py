@@ -82,11 +82,15 @@ class GraphIndex:
             v.name: v for v in graph.input if v.name not in self.initializers
         }
         self.outputs: dict[str, onnx.ValueInfoProto] = {v.name: v for v in graph.output}
+        # the one pass over every node; written for speed, it dominates a cut of a big graph
         producer: dict[str, int] = {}
-        for i, node in enumerate(self.nodes):
-            for name in node.output:
-                if name:
+        for i, outs in enumerate([n.output for n in self.nodes]):
+            if len(outs) == 1:
+                producer[outs[0]] = i
+            else:
+                for name in outs:
                     producer[name] = i
+        producer.pop("", None)
         self.producer = producer
 
     def kind(self, name: str) -> int | None:
@@ -125,12 +129,17 @@ class GraphIndex:
         out.update(self.outputs)
         return out
 
-    def type_of(self, name: str) -> onnx.TypeProto | None:
-        """The declared type of a value, or None where the model does not say."""
+    def type_of(self, name: str, value_info: bool = True) -> onnx.TypeProto | None:
+        """The declared type of a value, or None where the model does not say.
+
+        ``value_info=False`` looks only at parameters and graph inputs and outputs, without
+        indexing every declared type of the graph."""
         tensor = self.initializers.get(name)
         if tensor is not None:
             return onnx.helper.make_tensor_type_proto(tensor.data_type, list(tensor.dims))
-        vi = self.value_info.get(name)
+        vi = self.inputs.get(name) or self.outputs.get(name)
+        if vi is None and value_info:
+            vi = self.value_info.get(name)
         if vi is not None and vi.type.WhichOneof("value") is not None:
             return vi.type
         return None

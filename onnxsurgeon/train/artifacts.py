@@ -1,0 +1,182 @@
+"""Training artifacts for onnxruntime-training 1.19, made with its generate_artifacts.
+
+generate_artifacts writes four files: ``training_model.onnx`` (forward + loss + gradients,
+parameters as graph inputs), ``eval_model.onnx`` (forward + loss), ``optimizer_model.onnx``
+and ``checkpoint`` (the trainable and frozen parameters; other initializers stay constants
+inside the graphs). What this module adds around it:
+
+- versions: onnxruntime 1.19 loads IR <= 10 and opset <= 21. The training and eval models
+  keep the input model's IR version, the optimizer model gets ``onnx.IR_VERSION`` of the
+  installed onnx (10 with onnx 1.17, 11 from onnx 1.18 on). So the input's IR is clamped to 10
+  (onnx 1.17's checker, run inside generate_artifacts, refuses IR 11 anyway), opsets above 21
+  are converted down, and every written model is clamped to IR 10.
+- quiet: the pre-training graph transformers log at INFO to stderr unless the SessionOptions
+  they get have a log level; generate_artifacts builds a bare ``SessionOptions()`` for them,
+  so we hand it a quiet one for the duration of the call.
+- all or nothing: the files are generated in a scratch folder inside ``out_dir`` and moved
+  into place only when all four exist.
+- errors in words: unknown or overlapping names, a bad loss/optimizer choice and models
+  generate_artifacts cannot differentiate raise :class:`onnxsurgeon.errors.InputError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from onnxsurgeon.errors import InputError
+from onnxsurgeon.train import ort
+
+# What onnxruntime 1.19 loads.
+MAX_IR = 10
+MAX_OPSET = 21
+
+LOSSES = ("mse", "ce")
+OPTIMIZERS = ("sgd", "adamw")
+# The extra graph input each loss adds for the expected values.
+LABEL_INPUT = {"mse": "target", "ce": "labels"}
+
+FILES = ("training_model.onnx", "eval_model.onnx", "optimizer_model.onnx", "checkpoint")
+
+
+@dataclass(frozen=True)
+class ArtifactPaths:
+    training_model: Path
+    eval_model: Path
+    optimizer_model: Path
+    checkpoint: Path
+    label_input: str  # name of the graph input for targets ("target" for mse, "labels" for ce)
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+
+
+def loadable(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of `model` within IR <= 10 and opset <= 21 (converted down if needed)."""
+    if model.ir_version <= MAX_IR and _opset(model) <= MAX_OPSET:
+        return model
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    if _opset(copy) > MAX_OPSET:
+        from onnx import version_converter
+
+        try:
+            copy = version_converter.convert_version(copy, MAX_OPSET)
+        except Exception as e:  # the converter raises assorted errors for ops it cannot move
+            raise InputError(
+                f"the model uses opset {_opset(model)}; onnxruntime 1.19 trains opsets up to {MAX_OPSET}, "
+                f"and converting it failed: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}",
+                f"export the model at opset {MAX_OPSET} or lower",
+            ) from None
+    # IR 11 only adds things (e.g. new types) that opset <= 21 models do not use.
+    copy.ir_version = min(copy.ir_version, MAX_IR)
+    return copy
+
+
+@contextlib.contextmanager
+def _quiet_graph_builders(training_graph_utils) -> Iterator[None]:
+    """Make generate_artifacts' internal SessionOptions() quiet for the duration."""
+    original = training_graph_utils.SessionOptions
+
+    def quiet_options():
+        options = original()
+        options.log_severity_level = ort.QUIET
+        return options
+
+    training_graph_utils.SessionOptions = quiet_options
+    try:
+        yield
+    finally:
+        training_graph_utils.SessionOptions = original
+
+
+def _check_names(model: onnx.ModelProto, trainable: list[str], frozen: list[str]) -> None:
+    initializers = {t.name for t in model.graph.initializer}
+    if not trainable:
+        raise InputError("nothing to train: the list of trainable parameters is empty")
+    for what, names in (("trainable", trainable), ("frozen", frozen)):
+        unknown = [n for n in names if n not in initializers]
+        if unknown:
+            raise InputError(f"{what} parameter(s) not in the model's initializers: {', '.join(unknown)}")
+    both = sorted(set(trainable) & set(frozen))
+    if both:
+        raise InputError(f"parameter(s) both trainable and frozen: {', '.join(both)}")
+
+
+def make_artifacts(
+    model: onnx.ModelProto,
+    trainable: list[str],
+    frozen: list[str],
+    loss: str,
+    optimizer: str,
+    out_dir: str | os.PathLike,
+    output: str | None = None,
+) -> ArtifactPaths:
+    """Write the training artifacts for `model` into `out_dir` and return their paths.
+
+    `trainable` get gradients and are updated by the optimizer; `frozen` are stored in the
+    checkpoint but never updated; every other initializer stays a constant in the graphs.
+    `loss` is "mse" (adds float input "target" shaped like the output) or "ce" (softmax
+    cross-entropy over the last axis; adds int64 input "labels"). `optimizer` is "sgd" or
+    "adamw" (onnxruntime's defaults: betas 0.9/0.999, eps 1e-6, weight decay 0, bias
+    correction on; note its AdamW is the HF-transformers variant, see the tests). `output`
+    picks the graph output the loss is computed on; needed only if there are several.
+    """
+    if loss not in LOSSES:
+        raise InputError(f"unknown loss {loss!r}", f"use one of: {', '.join(LOSSES)}")
+    if optimizer not in OPTIMIZERS:
+        raise InputError(f"unknown optimizer {optimizer!r}", f"use one of: {', '.join(OPTIMIZERS)}")
+    _check_names(model, list(trainable), list(frozen))
+    outputs = [o.name for o in model.graph.output]
+    if output is None:
+        if len(outputs) != 1:
+            raise InputError(
+                f"the model has {len(outputs)} outputs ({', '.join(outputs)}); say which one the loss is on"
+            )
+        output = outputs[0]
+    elif output not in outputs:
+        raise InputError(f"{output!r} is not an output of the model (outputs: {', '.join(outputs)})")
+    if LABEL_INPUT[loss] in {i.name for i in model.graph.input}:
+        raise InputError(f"the model already has an input named {LABEL_INPUT[loss]!r}, which the {loss} loss adds")
+
+    artifacts = ort.artifacts()
+    import onnxruntime.training.onnxblock._training_graph_utils as training_graph_utils
+
+    model = loadable(model)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".artifacts-", dir=out))
+    try:
+        with _quiet_graph_builders(training_graph_utils):
+            try:
+                artifacts.generate_artifacts(
+                    model,
+                    requires_grad=list(trainable),
+                    frozen_params=list(frozen),
+                    loss=artifacts.LossType.MSELoss if loss == "mse" else artifacts.LossType.CrossEntropyLoss,
+                    optimizer=artifacts.OptimType.SGD if optimizer == "sgd" else artifacts.OptimType.AdamW,
+                    artifact_directory=scratch,
+                    loss_input_names=[output],
+                )
+            except Exception as e:  # onnx/onnxruntime raise their own types (Fail, RuntimeError, ...)
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise InputError(f"onnxruntime-training cannot build a training graph for the model: {first}") from None
+        for name in FILES[:3]:
+            path = scratch / name
+            written = onnx.load(path)
+            if written.ir_version > MAX_IR:
+                written.ir_version = MAX_IR
+                onnx.save(written, path)
+        for name in FILES:
+            os.replace(scratch / name, out / name)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return ArtifactPaths(*(out / name for name in FILES), label_input=LABEL_INPUT[loss])
