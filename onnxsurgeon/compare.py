@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from onnxsurgeon import meta, modes, runtime, serde
+from onnxsurgeon import dtypes, meta, modes, runtime, serde
 from onnxsurgeon.errors import InputError
 from onnxsurgeon.graph import GraphIndex
 
@@ -91,13 +91,21 @@ def _random_tensor(v: onnx.ValueInfoProto, rng: np.random.Generator, batch: int)
 
 def load_data(path: str) -> dict[str, np.ndarray]:
     """Arrays of an .npz file, never unpickling anything."""
+    hint = "save the arrays with numpy.savez(path, name=array, ...)"
     try:
-        with np.load(path, allow_pickle=False) as f:
-            return {k: f[k] for k in f.files}
+        loaded = np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise InputError(f"no such file: {path}", "check the path of the data file") from None
-    except (ValueError, OSError) as e:
-        raise InputError(f"{path} is not a readable .npz file: {e}", "save arrays with numpy.savez") from None
+    except (ValueError, OSError, EOFError):
+        raise InputError(f"{path} is not a readable .npz file (not a zip of plain numpy arrays)", hint) from None
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise InputError(f"{path} holds a single array, not an .npz file of named arrays", hint)
+    try:
+        with loaded as f:
+            return {k: f[k] for k in f.files}
+    except (ValueError, OSError, EOFError) as e:
+        reason = "it holds objects, which are never unpickled" if "pickle" in str(e) else "it is damaged"
+        raise InputError(f"{path} is not a readable .npz file: {reason}", hint) from None
 
 
 def verify(
@@ -144,9 +152,15 @@ def verify(
                 f"name the arrays after the graph inputs: {', '.join(index.inputs)}",
             )
         feeds = {n: data[n] for n in index.inputs}
-    values = _values(original, index, feeds, wanted)
+        _check_data(index, feeds)
+    hint = (
+        "check the arrays' shapes and types against the inputs listed by: onnxsurgeon info ORIGINAL"
+        if data is not None
+        else "give real inputs with --data x.npz (arrays named after the graph inputs)"
+    )
+    values = _values(original, index, feeds, wanted, hint)
 
-    sess = runtime.session(piece, "the piece")
+    sess = runtime.session(piece, "the piece", optimize=False)
     piece_feeds = {n: values[in_map.get(n, n)] for n in piece_inputs}
     names = [o.name for o in sess.get_outputs()]
     got = dict(zip(names, runtime.run(sess, piece_feeds, names, "the piece")))
@@ -156,7 +170,27 @@ def verify(
     return VerifyReport(tuple(checks), rtol, atol, label)
 
 
-def _values(model: onnx.ModelProto, index: GraphIndex, feeds: dict[str, np.ndarray], names: list[str]):
+def _check_data(index: GraphIndex, feeds: dict[str, np.ndarray]) -> None:
+    """Arrays must fit the declared input types; say which does not, before running."""
+    problems = []
+    for name, array in feeds.items():
+        t = index.inputs[name].type
+        if t.WhichOneof("value") != "tensor_type":
+            continue
+        want = dtypes.show(t)
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(t.tensor_type.elem_type) if t.tensor_type.elem_type else None
+        dims = [d.dim_value if d.WhichOneof("value") == "dim_value" else None for d in t.tensor_type.shape.dim]
+        fits = (dtype is None or array.dtype == dtype) and (
+            not t.tensor_type.HasField("shape")
+            or (array.ndim == len(dims) and all(d is None or d == s for d, s in zip(dims, array.shape)))
+        )
+        if not fits:
+            problems.append(f"array {name!r} is {array.dtype}{list(array.shape)}, the input {name!r} is {want}")
+    if problems:
+        raise InputError("the data does not fit the model: " + "; ".join(problems), "save arrays of the declared types and shapes")
+
+
+def _values(model: onnx.ModelProto, index: GraphIndex, feeds: dict[str, np.ndarray], names: list[str], hint: str):
     """Values of the named tensors in one run of the model."""
     out: dict[str, np.ndarray] = {}
     for n in names:
@@ -174,8 +208,8 @@ def _values(model: onnx.ModelProto, index: GraphIndex, feeds: dict[str, np.ndarr
             if n not in existing:
                 t = index.type_of(n)
                 probe.graph.output.append(onnx.helper.make_value_info(n, t) if t else onnx.ValueInfoProto(name=n))
-        sess = runtime.session(probe, "the original model")
-        out.update(zip(wanted, runtime.run(sess, feeds, wanted, "the original model")))
+        sess = runtime.session(probe, "the original model", optimize=False)
+        out.update(zip(wanted, runtime.run(sess, feeds, wanted, "the original model", hint)))
     return out
 
 
@@ -188,7 +222,19 @@ def _external_array(t: onnx.TensorProto) -> np.ndarray:
     return onnx.numpy_helper.to_array(copy)
 
 
-def _compare(name: str, value: str, got: np.ndarray, want: np.ndarray, rtol: float, atol: float) -> OutputCheck:
+def _compare(name: str, value: str, got: Any, want: Any, rtol: float, atol: float) -> OutputCheck:
+    if isinstance(got, list) or isinstance(want, list):  # sequences: element by element
+        if not (isinstance(got, list) and isinstance(want, list)) or len(got) != len(want):
+            return OutputCheck(name, value, (len(got) if isinstance(got, list) else -1,), float("inf"), float("inf"), False)
+        parts = [_compare(name, value, g, w, rtol, atol) for g, w in zip(got, want)]
+        return OutputCheck(
+            name, value, (len(got),),
+            max((p.max_abs_diff for p in parts), default=0.0),
+            max((p.max_rel_diff for p in parts), default=0.0),
+            all(p.ok for p in parts),
+        )
+    if got is None or want is None:  # an optional without a value
+        return OutputCheck(name, value, (), 0.0, 0.0, got is None and want is None)
     got, want = np.asarray(got), np.asarray(want)
     if got.shape != want.shape or got.dtype != want.dtype:
         return OutputCheck(name, value, tuple(got.shape), float("inf"), float("inf"), False)
@@ -201,7 +247,8 @@ def _compare(name: str, value: str, got: np.ndarray, want: np.ndarray, rtol: flo
         same_inf = np.array_equal(np.where(finite, 0, g64), np.where(finite, 0, w64), equal_nan=True)
         diff = np.abs(g64 - w64)[finite]
         max_abs = float(diff.max()) if diff.size else 0.0
-        rel = diff / np.maximum(np.abs(w64[finite]), np.finfo(np.float64).tiny)
+        scale = np.abs(w64[finite])
+        rel = diff[scale > 0] / scale[scale > 0]  # relative to nonzero values only
         max_rel = float(rel.max()) if rel.size else 0.0
         ok = same_nan and same_inf and bool(np.all(diff <= atol + rtol * np.abs(w64[finite])))
         return OutputCheck(name, value, got.shape, max_abs, max_rel, ok)

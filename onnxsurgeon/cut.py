@@ -19,7 +19,8 @@ from onnxsurgeon.errors import InputError
 from onnxsurgeon.graph import GraphIndex, node_reads, rename_values
 from onnxsurgeon.names import Resolved, Resolver
 
-_RECORD = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.+)$")
+_RECORD = re.compile(r"^([^=]+)=(.+)$")
+_TYPE_LIKE = re.compile(r"^[A-Za-z]+[0-9]*\[[^\[\]]*\]$")
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,12 @@ def _parse_spec(text: str, index: GraphIndex, allow_type: bool) -> _Spec:
     override = None
     if allow_type and not index.has_value(ref):
         ref, override = dtypes.split_type(ref)
+        head, _, tail = ref.rpartition(":")
+        if override is None and head and _TYPE_LIKE.match(tail):
+            raise InputError(
+                f"unknown type {tail.split('[')[0]!r} in {text!r}",
+                "write a type as float32[N,64]; types: " + ", ".join(dtypes.DTYPE_NAMES),
+            )
     return _Spec(text, new_name, ref, override)
 
 
@@ -92,6 +99,7 @@ def extract(
     params: str = "learnable",
     *,
     auto_inputs: bool = False,
+    sample: dict[str, Any] | None = None,
     source: dict[str, Any] | None = None,
     model_hint: str = "MODEL",
 ) -> tuple[onnx.ModelProto, ExtractReport]:
@@ -100,7 +108,9 @@ def extract(
     ``inputs`` and ``outputs`` take names as in SPEC section 1, optionally as records
     (``feat=input``) and, for inputs, with a new type (``input:float32[N,64]``). ``params``
     is ``learnable``, ``constant`` or ``shared``. ``source`` (for example ``{"file": ...,
-    "sha256": ...}``) is recorded in the piece's metadata. Returns the piece, a new model,
+    "sha256": ...}``) is recorded in the piece's metadata. ``sample`` (arrays named after
+    the model's graph inputs) is used only where shape inference cannot find the rank of a
+    boundary value and one run of the model must show it; random inputs are used if None. Returns the piece, a new model,
     and a report; the input model is not changed.
     """
     if params not in modes.MODES:
@@ -146,9 +156,14 @@ def extract(
     in_ports = [(s.new_name or r.value, r.value, s.type, r) for s, r in zip(in_specs, in_res)]
     in_ports += [(v, v, None, None) for v in auto]
     types = _copy_value_info(index, walk.keep, [p[1] for p in in_ports] + out_values, g)
-    unknown = [v for v, t in types.items() if t is None]
+    # a type without a shape is unknown too: inference may find its rank and dims
+    unknown = [v for v, t in types.items() if dtypes.rank(t) is None]
     if unknown:
-        types.update(_infer_types(model, index, unknown))
+        inferred = _infer_types(model, index, unknown)
+        types.update((v, t) for v, t in inferred.items() if types[v] is None or dtypes.rank(t) is not None)
+        rankless = [v for v in unknown if dtypes.rank(types.get(v)) is None]
+        if rankless:
+            types.update(_observe_types(model, rankless, sample))
     for name, value, override, _ in in_ports:
         if override is None and types.get(value) is None:
             raise InputError(
@@ -389,6 +404,38 @@ def _infer_types(model: onnx.ModelProto, index: GraphIndex, names: list[str]) ->
     return {n: known[n] for n in names if n in known and known[n].WhichOneof("value") is not None}
 
 
+def _observe_types(model: onnx.ModelProto, names: list[str], sample: dict[str, Any] | None) -> dict[str, onnx.TypeProto]:
+    """Element type and rank of values that shape inference cannot type, seen in one run of
+    the model on random inputs (dims left unknown). ONNX requires a shape on every graph
+    input and output, so a rank is needed; nothing is returned if the model cannot run."""
+    from onnxsurgeon import compare, runtime
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    del probe.graph.output[:]
+    probe.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names)
+    try:
+        sess = runtime.session(probe, optimize=False)
+        values = sess.run(names, sample if sample is not None else compare.random_inputs(model))
+    except Exception:  # best effort: a model may need real data or fail on random values
+        return {}
+    out = {}
+    for name, value in zip(names, values):
+        if hasattr(value, "dtype") and hasattr(value, "ndim"):
+            elem = onnx.helper.np_dtype_to_tensor_dtype(value.dtype)
+            out[name] = onnx.helper.make_tensor_type_proto(elem, [None] * value.ndim)
+    return out
+
+
+def _first_inference_error(text: str) -> str:
+    """The first error in onnx's list: later ones usually follow from it."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for ln in lines:
+        if "op_type" in ln or "Error" in ln:
+            return ln
+    return lines[0] if lines else ""
+
+
 def _probe(model: onnx.ModelProto, g: onnx.GraphProto) -> onnx.ModelProto:
     """A model around a graph for shape inference only."""
     # IR 4 at least: before it, initializers not listed as inputs are not seen by inference
@@ -407,7 +454,7 @@ def _reinfer(model: onnx.ModelProto, g: onnx.GraphProto, outs: list[Port], in_sp
     try:
         inferred = onnx.shape_inference.infer_shapes(probe, strict_mode=True, data_prop=True)
     except Exception as e:  # onnx reports shape errors as several exception types
-        reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        reason = _first_inference_error(str(e)) or type(e).__name__
         raise InputError(
             f"the new input type {overrides} does not fit the piece: {reason}",
             "check the shape you gave, or cut so that the new shape fits",

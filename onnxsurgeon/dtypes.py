@@ -25,6 +25,8 @@ _DTYPES = {
     "bool": onnx.TensorProto.BOOL,
     "string": onnx.TensorProto.STRING,
 }
+DTYPE_NAMES = ("float32", "float16", "bfloat16", "float64", "int8", "int16", "int32", "int64",
+               "uint8", "uint16", "uint32", "uint64", "bool", "string")
 _NAMES = {
     onnx.TensorProto.FLOAT: "float32",
     onnx.TensorProto.FLOAT16: "float16",

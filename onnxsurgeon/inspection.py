@@ -12,6 +12,7 @@ from typing import Any
 import onnx
 
 from onnxsurgeon import dtypes, meta, serde
+from onnxsurgeon.errors import InputError
 from onnxsurgeon.graph import GraphIndex, subgraphs
 from onnxsurgeon.names import alias
 
@@ -87,7 +88,10 @@ def nodes(model: onnx.ModelProto, /, grep: str | None = None, op: str | None = N
     """Every node of the main graph as a line a person can read; ``grep`` filters names
     (a regular expression, matched against names and their aliases), ``op`` the op type."""
     types = _types(model)
-    pattern = re.compile(grep, re.IGNORECASE) if grep else None
+    try:
+        pattern = re.compile(grep, re.IGNORECASE) if grep else None
+    except re.error as e:
+        raise InputError(f"--grep {grep!r} is not a valid regular expression: {e}", "escape special characters, e.g. '\\['") from None
     lines = []
     for node in model.graph.node:
         if op and node.op_type.lower() != op.lower():

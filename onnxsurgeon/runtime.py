@@ -23,12 +23,15 @@ def _ort() -> Any:
             "onnxruntime is not installed",
             "pip install onnxruntime-training-cpu==1.19.2 (it provides onnxruntime)",
         ) from None
-    onnxruntime.set_default_logger_severity(3)
+    onnxruntime.set_default_logger_severity(4)  # errors reach the user as exceptions
     return onnxruntime
 
 
-def session(model: onnx.ModelProto, what: str = "the model") -> Any:
-    """An onnxruntime CPU session for a model, quiet, with external weights read in."""
+def session(model: onnx.ModelProto, what: str = "the model", optimize: bool = True) -> Any:
+    """An onnxruntime CPU session for a model, quiet, with external weights read in.
+
+    ``optimize=False`` turns off graph optimizations: fusions then cannot differ between a
+    model and a piece of it, so the two compute bit for bit the same values."""
     ort = _ort()
     opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
     if opset > MAX_OPSET:
@@ -42,23 +45,24 @@ def session(model: onnx.ModelProto, what: str = "the model") -> Any:
         clamped.ir_version = MAX_IR
         model = clamped
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
         return ort.InferenceSession(serde.to_bytes(model), options, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own exception types for bad models
         raise InputError(f"onnxruntime cannot load {what}: {_first_line(e)}") from None
 
 
-def run(sess: Any, feeds: dict[str, np.ndarray], outputs: list[str] | None = None, what: str = "the model"):
+def run(sess: Any, feeds: dict[str, np.ndarray], outputs: list[str] | None = None, what: str = "the model",
+        hint: str = "give real inputs with --data x.npz (arrays named after the graph inputs)"):
     try:
         return sess.run(outputs, feeds)
     except Exception as e:  # onnxruntime raises its own exception types
-        raise InputError(
-            f"onnxruntime failed to run {what}: {_first_line(e)}",
-            "give real inputs with --data x.npz (arrays named after the graph inputs)",
-        ) from None
+        text = " ".join(str(e).split()) or type(e).__name__
+        raise InputError(f"onnxruntime failed to run {what}: {text}", hint) from None
 
 
 def _first_line(e: Exception) -> str:

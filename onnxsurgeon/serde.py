@@ -236,6 +236,16 @@ def save(model: onnx.ModelProto, path: str | os.PathLike[str], external_data: bo
     return written
 
 
+def _mode_for(path: Path) -> int:
+    """The mode a new file would get (umask applied), or that of the file it replaces."""
+    try:
+        return path.stat().st_mode & 0o777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
 def _atomic_write(path: Path, chunks: list[bytes]) -> Path:
     folder = path.parent if str(path.parent) else Path(".")
     try:
@@ -243,6 +253,7 @@ def _atomic_write(path: Path, chunks: list[bytes]) -> Path:
     except OSError as e:
         raise InputError(f"cannot write {path}: {e.strerror}", "choose a writable output folder") from None
     try:
+        os.fchmod(fd, _mode_for(path))
         with os.fdopen(fd, "wb") as f:
             for chunk in chunks:
                 f.write(chunk)

@@ -27,6 +27,10 @@ def extract(
     out_path: Annotated[Path | None, typer.Option("-o", "--output", help="Where to write the piece.")] = None,
     auto_inputs: Annotated[bool, typer.Option("--auto-inputs", help="Add graph inputs the outputs need instead of failing.")] = False,
     external_data: Annotated[bool, typer.Option("--external-data", help="Write weights to OUT.data beside the piece.")] = False,
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", help="An .npz of the model's inputs, run once if shape inference cannot type a boundary value."),
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Allow the output to replace the input model.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be kept; write nothing.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
@@ -38,6 +42,7 @@ def extract(
     """
     import onnxsurgeon as osg
     from onnxsurgeon import serde
+    from onnxsurgeon.compare import load_data
 
     if not outputs:
         raise InputError("no --out given", "name the values the piece computes with --out NAME")
@@ -46,10 +51,11 @@ def extract(
     if out_path is not None and not force and out_path.exists() and model.exists() and out_path.resolve() == model.resolve():
         raise InputError(f"the output {out_path} is the input model", "write to another file, or pass --force to replace it")
     source = osg.load(model)
+    sample = load_data(str(data)) if data is not None else None
     provenance = {"file": model.name, "sha256": serde.file_sha256(model)}
     piece, report = osg.extract(
         source, inputs=list(inputs or []), outputs=list(outputs), params=params,
-        auto_inputs=auto_inputs, source=provenance, model_hint=str(model),
+        auto_inputs=auto_inputs, sample=sample, source=provenance, model_hint=str(model),
     )
     for w in report.warnings:
         if not quiet:

@@ -13,6 +13,14 @@ inside the graphs). What this module adds around it:
 - quiet: the pre-training graph transformers log at INFO to stderr unless the SessionOptions
   they get have a log level; generate_artifacts builds a bare ``SessionOptions()`` for them,
   so we hand it a quiet one for the duration of the call.
+- gradients: onnxruntime's gradient builders for LayerNormalization and Dropout read the
+  optional outputs (mean and inverse std-dev; mask), and generate_artifacts fails with
+  "i < node_->OutputDefs().size() was false" when a node does not declare them (exporters
+  usually leave them out): we declare them, under fresh names. And a Dropout in inference
+  mode (no training_mode input, or a constant False) computes the identity but gets the
+  gradient of a dropout that kept everything, scaled by 1/(1-ratio): silently wrong. We
+  replace it by Identity, which is what it computes. Both on a copy; no computed value
+  changes. Dropout with training_mode=True stays and drops in the training model only.
 - all or nothing: the files are generated in a scratch folder inside ``out_dir`` and moved
   into place only when all four exist.
 - errors in words: unknown or overlapping names, a bad loss/optimizer choice and models
@@ -30,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
+import onnx.numpy_helper
 
 from onnxsurgeon.errors import InputError
 from onnxsurgeon.train import ort
@@ -78,6 +87,70 @@ def loadable(model: onnx.ModelProto) -> onnx.ModelProto:
             ) from None
     # IR 11 only adds things (e.g. new types) that opset <= 21 models do not use.
     copy.ir_version = min(copy.ir_version, MAX_IR)
+    return copy
+
+
+def _constant_value(graph: onnx.GraphProto, name: str):
+    for t in graph.initializer:
+        if t.name == name:
+            return onnx.numpy_helper.to_array(t)
+    for node in graph.node:
+        if node.op_type == "Constant" and list(node.output) == [name]:
+            for attr in node.attribute:
+                if attr.name == "value":
+                    return onnx.numpy_helper.to_array(attr.t)
+    return None
+
+
+def _inference_dropout(graph: onnx.GraphProto, node: onnx.NodeProto) -> bool:
+    if node.op_type != "Dropout" or node.domain not in ("", "ai.onnx"):
+        return False
+    if len(node.input) < 3 or not node.input[2]:
+        return True
+    value = _constant_value(graph, node.input[2])
+    return value is not None and not bool(value)
+
+
+def prepare_for_gradients(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model`, or a copy that onnxruntime-training differentiates correctly (module docstring)."""
+    suffixes = {"LayerNormalization": ("mean", "inv_std"), "Dropout": ("mask",)}
+
+    def missing(node: onnx.NodeProto) -> bool:
+        want = suffixes.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+        return want is not None and (len(node.output) <= len(want) or "" in node.output[1:])
+
+    graph = model.graph
+    if not any(missing(n) or _inference_dropout(graph, n) for n in graph.node):
+        return model
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    graph = copy.graph
+    used = {name for node in graph.node for name in node.input} | {v.name for v in graph.output}
+    taken = {name for node in graph.node for name in (*node.input, *node.output)}
+    taken |= {v.name for v in (*graph.input, *graph.output, *graph.initializer, *graph.value_info)}
+    for node in graph.node:
+        if _inference_dropout(graph, node):
+            if len(node.output) > 1 and node.output[1] in used:
+                raise InputError(
+                    f"node {node.name or node.output[0]!r}: the mask of an inference-mode Dropout is used, "
+                    "which onnxruntime-training cannot differentiate correctly"
+                )
+            x, y = node.input[0], node.output[0]
+            node.CopyFrom(onnx.helper.make_node("Identity", [x], [y], name=node.name))
+            continue
+        if not missing(node):
+            continue
+        for i, suffix in enumerate(suffixes[node.op_type], start=1):
+            if i < len(node.output) and node.output[i]:
+                continue
+            name, n = f"{node.output[0]}.{suffix}", 1
+            while name in taken:
+                name, n = f"{node.output[0]}.{suffix}.{n}", n + 1
+            taken.add(name)
+            if i < len(node.output):
+                node.output[i] = name
+            else:
+                node.output.append(name)
     return copy
 
 
@@ -150,7 +223,7 @@ def make_artifacts(
     artifacts = ort.artifacts()
     import onnxruntime.training.onnxblock._training_graph_utils as training_graph_utils
 
-    model = loadable(model)
+    model = prepare_for_gradients(loadable(model))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=".artifacts-", dir=out))

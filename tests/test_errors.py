@@ -1,0 +1,602 @@
+"""Every failure a user can meet: a clear message, a documented exit code, no traceback,
+and no output file left behind (SPEC sections 1, 2 and 6; the table is docs/errors.md).
+
+Each test drives the real command line in-process through ``onnxsurgeon.cli.main``.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+import stat
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxsurgeon.cli import main
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+AE = FIXTURES / "autoencoder.onnx"
+TWO_IO = FIXTURES / "two_io.onnx"
+AE_EXT = FIXTURES / "autoencoder_external" / "autoencoder.onnx"
+
+OK, CHECK_FAILED, BAD_INPUT, ENVIRONMENT, BUG, INTERRUPTED = 0, 1, 2, 3, 4, 130
+
+
+# --- helpers ----------------------------------------------------------------------------
+
+
+def run(argv: list[object], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """Run the CLI in-process; return (exit code, stdout, stderr)."""
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_error(code: int, err: str, exit_code: int, *words: str, hint: tuple[str, ...] = ()) -> None:
+    """The command failed with exit_code, a one-line error naming `words`, a hint naming `hint`."""
+    assert "Traceback" not in err, err
+    assert "internal error" not in err, err
+    assert code == exit_code, err
+    assert "onnxsurgeon: error:" in err, err
+    for w in words:
+        assert w in err, f"{w!r} not in:\n{err}"
+    if hint:
+        hints = [line for line in err.splitlines() if line.startswith("hint: ")]
+        assert hints, f"no hint line in:\n{err}"
+        for w in hint:
+            assert w in hints[0], f"{w!r} not in hint:\n{hints[0]}"
+
+
+def assert_not_written(path: Path) -> None:
+    """Neither the output nor a temporary file of it exists."""
+    assert not path.exists() or path.is_dir(), f"{path} was written"
+    assert_no_temp_files(path.parent)
+    data = path.with_name(path.name + ".data")
+    assert not data.exists() or data.is_dir(), f"{data} was written"
+
+
+def assert_no_temp_files(folder: Path) -> None:
+    """No temporary file (``.NAME.*.tmp``) is left in the folder."""
+    if folder.is_dir():
+        leftovers = [p.name for p in folder.iterdir() if p.name.startswith(".") and p.name.endswith(".tmp")]
+        assert not leftovers, f"temporary files left in {folder}: {leftovers}"
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def save(model: onnx.ModelProto, path: Path) -> Path:
+    onnx.checker.check_model(model, full_check=True)
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def tiny_model(nodes: list[onnx.NodeProto], initializers: dict[str, np.ndarray] | None = None) -> onnx.ModelProto:
+    """x[N,2] -> nodes -> y[N,2], opset 17, IR 8."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])
+    inits = [numpy_helper.from_array(a, n) for n, a in (initializers or {}).items()]
+    graph = helper.make_graph(nodes, "tiny", [x], [y], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def extract_argv(model: Path, out: Path, *args: str) -> list[object]:
+    return ["extract", model, *args, "-o", out]
+
+
+# --- the model file -----------------------------------------------------------------------
+
+
+def test_missing_model_file(tmp_path, capsys):
+    out = tmp_path / "piece.onnx"
+    code, _, err = run(extract_argv(tmp_path / "nope.onnx", out, "--in", "input", "--out", "L4.y"), capsys)
+    assert_error(code, err, BAD_INPUT, "no such file", "nope.onnx", hint=("path",))
+    assert_not_written(out)
+
+
+@pytest.mark.parametrize("command", [["nodes"], ["params"], ["info"]])
+def test_missing_model_file_every_command(tmp_path, capsys, command):
+    code, _, err = run([*command, tmp_path / "nope.onnx"], capsys)
+    assert_error(code, err, BAD_INPUT, "no such file", "nope.onnx")
+
+
+def test_missing_piece_in_verify(tmp_path, capsys):
+    code, _, err = run(["verify", AE, tmp_path / "nope.onnx"], capsys)
+    assert_error(code, err, BAD_INPUT, "no such file", "nope.onnx")
+
+
+def test_directory_as_model(tmp_path, capsys):
+    out = tmp_path / "piece.onnx"
+    code, _, err = run(extract_argv(FIXTURES, out, "--in", "input", "--out", "L4.y"), capsys)
+    assert_error(code, err, BAD_INPUT, "is a directory", hint=(".onnx",))
+    assert_not_written(out)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        pytest.param(np.random.default_rng(0).bytes(1000), id="random-bytes"),
+        pytest.param(b"hello, this is a text file\n", id="text"),
+        pytest.param(b"", id="empty"),
+        pytest.param(numpy_helper.from_array(np.ones((2, 3), np.float32), "x").SerializeToString(), id="tensor-pb"),
+    ],
+)
+def test_not_an_onnx_file(tmp_path, capsys, content):
+    model = tmp_path / "model.onnx"
+    model.write_bytes(content)
+    out = tmp_path / "piece.onnx"
+    code, _, err = run(extract_argv(model, out, "--in", "input", "--out", "L4.y"), capsys)
+    assert_error(code, err, BAD_INPUT, "model.onnx", "is not an ONNX model", hint=("re-export",))
+    assert_not_written(out)
+
+
+def test_truncated_model_first_half(tmp_path, capsys):
+    data = AE.read_bytes()
+    model = tmp_path / "half.onnx"
+    model.write_bytes(data[: len(data) // 2])
+    out = tmp_path / "piece.onnx"
+    code, _, err = run(extract_argv(model, out, "--in", "input", "--out", "L4.y"), capsys)
+    assert_error(code, err, BAD_INPUT, "half.onnx", "is not an ONNX model", "truncated", hint=("re-export",))
+    assert_not_written(out)
+
+
+def _prefix_up_to(field: str) -> bytes:
+    """The bytes of autoencoder.onnx up to the end of one top-level field (a field boundary)."""
+    data = AE.read_bytes()
+    head = onnx.ModelProto()
+    head.ParseFromString(data)
+    number = head.DESCRIPTOR.fields_by_name[field].number
+    for f, _ in head.ListFields():
+        if f.number > number:  # protobuf writes fields in number order: these come later
+            head.ClearField(f.name)
+    prefix = head.SerializeToString()
+    assert data.startswith(prefix) and len(prefix) < len(data)  # really a truncation of the file
+    return prefix
+
+
+@pytest.mark.parametrize("field", ["graph", "producer_name"])
+def test_truncated_model_at_field_boundary(tmp_path, capsys, field):
+    model = tmp_path / "cut.onnx"
+    model.write_bytes(_prefix_up_to(field))
+    out = tmp_path / "piece.onnx"
+    code, _, err = run(extract_argv(model, out, "--in", "input", "--out", "L4.y"), capsys)
+    assert_error(code, err, BAD_INPUT, "cut.onnx", "is not an ONNX model", "truncated", hint=("re-export",))
+    assert_not_written(out)
+
+
+# --- names (SPEC 1) -------------------------------------------------------------------------
+
+
+def test_unknown_name_with_suggestions(tmp_path, capsys):
+    out = tmp_path / "piece.onnx"
+    code, _, err = run(extract_argv(AE, out, "--in", "input", "--out", "L4_yy"), capsys)
+    assert_error(
+        code, err, BAD_INPUT, "no value or node named 'L4_yy'", "did you mean", "'L4.y'",
+        hint=("onnxsurgeon nodes", str(AE), "--grep"),
+    )
+    first = err.splitlines()[0]
+    assert first.count("'") <= 2 * (1 + 5), "at most five suggestions"
+    assert_not_written(out)
+
+
+def test_several_unknown_names_at_once(tmp_path, capsys):
+    out = tmp_path / "piece.onnx"
+    code, _, err = run(extract_argv(AE, out, "--in", "inptu", "--out", "L4_yy", "--out", "zzz"), capsys)
+    assert_error(
+        code, err, BAD_INPUT, "3 names could not be resolved", "'inptu'", "did you mean 'input'", "'L4_yy'", "'zzz'",
+        hint=("onnxsurgeon nodes", "--grep"),
+    )
+    assert_not_written(out)
+
+
+def test_ambiguous_alias(tmp_path, capsys):
+    model = save(
+        tiny_model([
+            helper.make_node("Relu", ["x"], ["a.b"], name="n1"),
+            helper.make_node("Neg", ["x"], ["a[b"], name="n2"),
+            helper.make_node("Add", ["a.b", "a[b"], ["y"], name="n3"),
+        ]),
+        tmp_path / "amb.onnx",
+    )
+    out = tmp_path / "piece.onnx"
+    code, _, err = run(extract_argv(model, out, "--in", "x", "--out", "a_b"), capsys)
+    assert_error(code, err, BAD_INPUT, "'a_b' is ambiguous", "'a.b'", "'a[b'", hint=("onnxsurgeon nodes",))
+    assert_not_written(out)
+    # an exact name is never ambiguous
+    code, _, err = run(extract_argv(model, out, "--in", "x", "--out", "a.b", "-q"), capsys)
+    assert code == OK, err
+
+
+def test_node_with_several_outputs(tmp_path, capsys):
+    out = tmp_path / "piece.onnx"
+    code, _, err = run(extract_argv(TWO_IO, out, "--in", "a", "--in", "b", "--out", "split"), capsys)
+    assert_error(code, err, BAD_INPUT, "node 'split' has 2 outputs", "split:0 = s_lo", "split:1 = s_hi")
+    assert_not_written(out)
+
+
+def test_node_output_by_index_works(tmp_path, capsys):
+    out = tmp_path / "piece.onnx"
+    code, stdout, err = run(extract_argv(TWO_IO, out, "--in", "a", "--in", "b", "--out", "split:1"), capsys)
+    assert code == OK, err
+    assert "s_hi" in stdout
+    assert [o.name for o in onnx.load(out).graph.output] == ["s_hi"]
+
+
+def test_node_output_index_out_of_range(tmp_path, capsys):
+    out = tmp_path / "piece.onnx"
+    code, _, err = run(extract_argv(TWO_IO, out, "--in", "a", "--in", "b", "--out", "split:5"), capsys)
+    assert_error(code, err, BAD_INPUT, "'split'", "no output 5")
+    assert_not_written(out)
+
+
+def test_same_input_twice(tmp_path, capsys):
+    out = tmp_path / "piece.onnx"
+    code, _, err = run(extract_argv(AE, out, "--in", "input", "--in", "input", "--out", "L4.y"), capsys)
+    assert_error(code, err, BAD_INPUT, "name the same value 'input'", hint=("name=value",))
+    assert_not_written(out)
+
+
+def test_record_name_used_twice(tmp_path, capsys):
+    out = tmp_path / "piece.onnx"
+    code, _, err = run(extract_argv(AE, out, "--in", "input", "--out", "z=L4.y", "--out", "z=L3.y"), capsys)
+    assert_error(code, err, BAD_INPUT, "'z' is given to more than one", hint=("name=value",))
+    assert_not_written(out)
+
+
+def test_record_name_that_is_already_a_value(tmp_path, capsys):
+    out = tmp_path / "piece.onnx"
+    code, _, err = run(extract_argv(TWO_IO, out, "--in", "a", "--in", "b", "--out", "b1=s"), capsys)
+    assert_error(code, err, BAD_INPUT, "the new name 'b1' is already a value", hint=("record name",))
+    assert_not_written(out)
+
+
+# --- the cut (SPEC 2) -----------------------------------------------------------------------
+
+
+def test_open_cut_names_the_leak_and_a_path(tmp_path, capsys):
+    out = tmp_path / "piece.onnx"
+    code, _, err = run(extract_argv(TWO_IO, out, "--in", "a", "--out", "s"), capsys)
+    assert_error(code, err, BAD_INPUT, "the cut is open", "'b'", hint=("--in b", "--auto-inputs"))
+    leak = [line for line in err.splitlines() if "'b'" in line and "->" in line]
+    assert leak and leak[0].rstrip().endswith("s"), err  # a path from b to the output s
+    assert_not_written(out)
+
+
+def test_auto_inputs_closes_the_cut(tmp_path, capsys):
+    out = tmp_path / "piece.onnx"
+    code, stdout, err = run(extract_argv(TWO_IO, out, "--in", "a", "--out", "s", "--auto-inputs"), capsys)
+    assert code == OK, err
+    assert "--auto-inputs" in stdout
+    assert [i.name for i in onnx.load(out).graph.input] == ["a", "b"]
+
+
+def test_output_that_is_a_parameter(tmp_path, capsys):
+    out = tmp_path / "piece.onnx"
+    code, _, err = run(extract_argv(TWO_IO, out, "--in", "a", "--out", "Wa"), capsys)
+    assert_error(code, err, BAD_INPUT, "'Wa'", "does not depend on any listed input", hint=("--in",))
+    assert_not_written(out)
+
+
+def test_output_computed_from_parameters_alone(tmp_path, capsys):
+    ones = np.ones(2, np.float32)
+    nodes = [
+        helper.make_node("Add", ["W1", "W2"], ["c"], name="c"),
+        helper.make_node("Add", ["x", "c"], ["y"], name="y"),
+    ]
+    model = save(tiny_model(nodes, {"W1": ones, "W2": ones}), tmp_path / "const.onnx")
+    out = tmp_path / "piece.onnx"
+    code, _, err = run(extract_argv(model, out, "--in", "x", "--out", "y", "--out", "c"), capsys)
+    assert_error(code, err, BAD_INPUT, "output 'c' does not depend on any listed input", hint=("--in",))
+    assert "'y'" not in err.splitlines()[0]  # only the dead output is named
+    assert_not_written(out)
+
+
+def test_unknown_params_mode(tmp_path, capsys):
+    out = tmp_path / "piece.onnx"
+    code, _, err = run(extract_argv(AE, out, "--in", "input", "--out", "L4.y", "--params", "frozen"), capsys)
+    assert_error(code, err, BAD_INPUT, "unknown parameter mode 'frozen'", hint=("learnable", "constant", "shared"))
+    assert_not_written(out)
+
+
+def test_no_out(tmp_path, capsys):
+    out = tmp_path / "piece.onnx"
+    code, _, err = run(extract_argv(AE, out, "--in", "input"), capsys)
+    assert_error(code, err, BAD_INPUT, "no --out given", hint=("--out",))
+    assert_not_written(out)
+
+
+def test_no_output_file(tmp_path, capsys):
+    code, _, err = run(["extract", AE, "--in", "input", "--out", "L4.y"], capsys)
+    assert_error(code, err, BAD_INPUT, "no output file given", hint=("-o", "--dry-run"))
+
+
+# --- type and shape overrides ---------------------------------------------------------------
+
+
+def test_shape_override_that_cannot_fit(tmp_path, capsys):
+    out = tmp_path / "piece.onnx"
+    code, _, err = run(extract_argv(AE, out, "--in", "input:float32[N,7]", "--out", "output"), capsys)
+    assert_error(code, err, BAD_INPUT, "'input:float32[N,7]'", "does not fit", "L1.o", "Incompatible dimensions")
+    assert_not_written(out)
+
+
+def test_shape_override_that_cannot_fit_is_refused(tmp_path, capsys):
+    """The part that works today: refused, exit 2, nothing written."""
+    out = tmp_path / "piece.onnx"
+    code, _, err = run(extract_argv(AE, out, "--in", "input:float32[N,7]", "--out", "output"), capsys)
+    assert_error(code, err, BAD_INPUT, "'input:float32[N,7]'", "does not fit", hint=("shape",))
+    assert_not_written(out)
+
+
+@pytest.mark.parametrize("spec", ["input:float99[N,64]", "input:floot32[N,64]"])
+def test_unknown_dtype_in_override(tmp_path, capsys, spec):
+    out = tmp_path / "piece.onnx"
+    code, _, err = run(extract_argv(AE, out, "--in", spec, "--out", "L4.y"), capsys)
+    bad = spec.split(":")[1].split("[")[0]
+    assert_error(code, err, BAD_INPUT, repr(bad), "type", "float32")
+    assert "no value or node named" not in err
+    assert_not_written(out)
+
+
+# --- the output file ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spelling", ["same", "dot", "symlink"])
+def test_output_equal_to_input(tmp_path, capsys, spelling):
+    model = tmp_path / "ae.onnx"
+    shutil.copy(AE, model)
+    before = sha256(model)
+    out = {"same": model, "dot": f"{tmp_path}/./ae.onnx", "symlink": tmp_path / "link.onnx"}[spelling]
+    if spelling == "symlink":
+        (tmp_path / "link.onnx").symlink_to(model)
+    code, _, err = run(extract_argv(model, out, "--in", "input", "--out", "L4.y"), capsys)
+    assert_error(code, err, BAD_INPUT, "is the input model", hint=("--force",))
+    assert sha256(model) == before
+    assert_no_temp_files(tmp_path)
+
+
+def test_force_replaces_the_input(tmp_path, capsys):
+    model = tmp_path / "ae.onnx"
+    shutil.copy(AE, model)
+    code, _, err = run(extract_argv(model, model, "--in", "input", "--out", "L4.y", "--force", "-q"), capsys)
+    assert code == OK, err
+    assert [o.name for o in onnx.load(model).graph.output] == ["L4.y"]
+    assert [p.name for p in tmp_path.iterdir()] == ["ae.onnx"]
+
+
+def test_written_file_has_normal_permissions(tmp_path, capsys):
+    old = os.umask(0o022)
+    try:
+        out = tmp_path / "piece.onnx"
+        code, _, err = run(extract_argv(AE, out, "--in", "input", "--out", "L4.y", "-q"), capsys)
+    finally:
+        os.umask(old)
+    assert code == OK, err
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644
+
+
+def test_output_folder_does_not_exist(tmp_path, capsys):
+    out = tmp_path / "nodir" / "piece.onnx"
+    code, _, err = run(extract_argv(AE, out, "--in", "input", "--out", "L4.y"), capsys)
+    assert_error(code, err, BAD_INPUT, "cannot write", "does not exist", hint=("folder",))
+    assert not out.parent.exists()
+
+
+def test_output_is_a_directory(tmp_path, capsys):
+    out = tmp_path / "isdir"
+    out.mkdir()
+    code, _, err = run(extract_argv(AE, out, "--in", "input", "--out", "L4.y"), capsys)
+    assert_error(code, err, BAD_INPUT, "cannot write", "is a directory")
+    assert list(out.iterdir()) == []
+    assert_not_written(out)
+
+
+def test_external_data_file_is_a_directory(tmp_path, capsys):
+    out = tmp_path / "piece.onnx"
+    (tmp_path / "piece.onnx.data").mkdir()
+    code, _, err = run(extract_argv(AE, out, "--in", "input", "--out", "L4.y", "--external-data"), capsys)
+    assert_error(code, err, BAD_INPUT, "cannot write", "piece.onnx.data")
+    assert_not_written(out)
+
+
+def test_disk_full_while_writing(tmp_path, capsys, monkeypatch):
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    out = tmp_path / "piece.onnx"
+    code, _, err = run(extract_argv(AE, out, "--in", "input", "--out", "L4.y"), capsys)
+    assert_error(code, err, BAD_INPUT, "cannot write", "No space left", hint=("space",))
+    assert_not_written(out)
+
+
+def test_interrupted_while_writing(tmp_path, capsys, monkeypatch):
+    def interrupt(fd):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "fsync", interrupt)
+    out = tmp_path / "piece.onnx"
+    code, _, err = run(extract_argv(AE, out, "--in", "input", "--out", "L4.y"), capsys)
+    assert code == INTERRUPTED, err
+    assert "Traceback" not in err
+    assert_not_written(out)
+
+
+# --- the argument parser --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["extract", AE, "--in", "input", "--out", "L4.y", "--bogus", "-o", "x.onnx"], ["No such option", "--bogus"]),
+        (["extract", AE, "--in", "input", "--out", "L4.y", "-o"], ["-o", "requires an argument"]),
+        (["verify", AE, AE, "--rtol", "abc"], ["--rtol"]),
+        (["bogus"], ["No such command", "bogus"]),
+    ],
+    ids=["unknown-option", "missing-value", "bad-number", "unknown-command"],
+)
+def test_usage_errors(tmp_path, capsys, monkeypatch, argv, words):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(argv, capsys)
+    assert code == BAD_INPUT, err
+    assert "Traceback" not in err
+    for w in words:
+        assert w in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_nodes_bad_grep_regex(capsys):
+    code, _, err = run(["nodes", AE, "--grep", "["], capsys)
+    assert_error(code, err, BAD_INPUT, "--grep", "'['", "regular expression")
+
+
+# --- external data --------------------------------------------------------------------------
+
+
+def test_external_data_file_missing(tmp_path, capsys):
+    model = tmp_path / "autoencoder.onnx"
+    shutil.copy(AE_EXT, model)
+    out = tmp_path / "piece.onnx"
+    code, _, err = run(extract_argv(model, out, "--in", "input", "--out", "L4.y"), capsys)
+    assert_error(code, err, BAD_INPUT, "'autoencoder.onnx.data'", "is missing", hint=("beside the model",))
+    assert_not_written(out)
+
+
+def test_external_data_file_truncated(tmp_path, capsys):
+    model = tmp_path / "autoencoder.onnx"
+    shutil.copy(AE_EXT, model)
+    data = (AE_EXT.parent / "autoencoder.onnx.data").read_bytes()
+    (tmp_path / "autoencoder.onnx.data").write_bytes(data[:1000])
+    out = tmp_path / "piece.onnx"
+    code, _, err = run(extract_argv(model, out, "--in", "input", "--out", "L4.y"), capsys)
+    assert_error(code, err, BAD_INPUT, "external data", "truncated", "1000 of", hint=(".data",))
+    assert_not_written(out)
+
+
+@pytest.mark.parametrize("where", ["parent", "absolute"])
+def test_external_data_outside_the_model_folder(tmp_path, capsys, where):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    data = AE_EXT.parent / "autoencoder.onnx.data"
+    shutil.copy(data, folder / "autoencoder.onnx.data")
+    shutil.copy(data, tmp_path / "x.data")  # the target exists: refused for where it is, not for being missing
+    location = "../x.data" if where == "parent" else str(tmp_path / "x.data")
+    m = onnx.load(AE_EXT, load_external_data=False)
+    for entry in m.graph.initializer[0].external_data:
+        if entry.key == "location":
+            entry.value = location
+    model = folder / "autoencoder.onnx"
+    model.write_bytes(m.SerializeToString())
+    out = folder / "piece.onnx"
+    code, _, err = run(extract_argv(model, out, "--in", "input", "--out", "L4.y"), capsys)
+    assert_error(code, err, BAD_INPUT, "'L1.W'", "outside the model's folder", repr(location), hint=("folder",))
+    assert_not_written(out)
+
+
+# --- verify ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def piece(tmp_path, capsys) -> Path:
+    """An auto-encoder encoder piece: input -> L4.y."""
+    path = tmp_path / "piece.onnx"
+    code, _, err = run(extract_argv(AE, path, "--in", "input", "--out", "L4.y", "-q"), capsys)
+    assert code == OK, err
+    return path
+
+
+def test_verify_mismatch(tmp_path, capsys, piece):
+    m = onnx.load(piece)
+    bias = next(t for t in m.graph.initializer if t.name == "L4.b")
+    bias.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(bias) + 1.0, "L4.b"))
+    bad = tmp_path / "bad.onnx"
+    onnx.save(m, bad)
+    before = set(tmp_path.iterdir())
+    code, out, err = run(["verify", AE, bad], capsys)
+    assert_error(code, err, CHECK_FAILED, "1 of 1 outputs differ", "L4.y", hint=("does not compute",))
+    assert "MISMATCH" in out
+    assert set(tmp_path.iterdir()) == before
+
+
+def test_verify_same_piece_passes(capsys, piece):
+    code, _, err = run(["verify", AE, piece, "-q"], capsys)
+    assert code == OK, err
+
+
+def test_verify_against_another_model(capsys, piece):
+    code, _, err = run(["verify", TWO_IO, piece], capsys)
+    assert_error(code, err, BAD_INPUT, "the original model does not have", "'input'", hint=("cut from",))
+
+
+def test_verify_data_missing_an_input(tmp_path, capsys, piece):
+    data = tmp_path / "data.npz"
+    np.savez(data, other=np.zeros((2, 64), np.float32))
+    code, _, err = run(["verify", AE, piece, "--data", data], capsys)
+    assert_error(code, err, BAD_INPUT, "no array for input 'input'", hint=("input",))
+
+
+def test_verify_data_file_missing(tmp_path, capsys, piece):
+    code, _, err = run(["verify", AE, piece, "--data", tmp_path / "nope.npz"], capsys)
+    assert_error(code, err, BAD_INPUT, "no such file", "nope.npz")
+
+
+def test_verify_data_not_an_npz(tmp_path, capsys, piece):
+    data = tmp_path / "data.npz"
+    data.write_bytes(b"not a zip file at all")
+    code, _, err = run(["verify", AE, piece, "--data", data], capsys)
+    assert_error(code, err, BAD_INPUT, "data.npz", "is not a readable .npz file", hint=("numpy.savez",))
+
+
+def test_verify_data_not_an_npz_does_not_suggest_pickle(tmp_path, capsys, piece):
+    data = tmp_path / "data.npz"
+    data.write_bytes(b"not a zip file at all")
+    code, _, err = run(["verify", AE, piece, "--data", data], capsys)
+    assert_error(code, err, BAD_INPUT, "is not a readable .npz file")
+    assert "pickle" not in err
+
+
+def test_verify_data_is_npy_not_npz(tmp_path, capsys, piece):
+    data = tmp_path / "data.npy"
+    np.save(data, np.zeros((2, 64), np.float32))
+    code, _, err = run(["verify", AE, piece, "--data", data], capsys)
+    assert_error(code, err, BAD_INPUT, "data.npy", "npz", hint=("numpy.savez",))
+
+
+def test_verify_data_with_wrong_shape(tmp_path, capsys, piece):
+    data = tmp_path / "data.npz"
+    np.savez(data, input=np.zeros((2, 7), np.float32))
+    code, _, err = run(["verify", AE, piece, "--data", data], capsys)
+    assert_error(code, err, BAD_INPUT, "'input'", "7", "64")
+
+
+def test_verify_model_with_too_new_opset(tmp_path, capsys):
+    model = tiny_model([helper.make_node("Relu", ["x"], ["y"], name="r")])
+    del model.opset_import[:]
+    model.opset_import.append(helper.make_opsetid("", 22))
+    model.ir_version = 10
+    path = save(model, tmp_path / "op22.onnx")
+    code, _, err = run(["verify", path, path], capsys)
+    assert_error(code, err, ENVIRONMENT, "opset 22", "up to 21", hint=("version_converter",))
+
+
+def test_verify_without_onnxruntime(capsys, monkeypatch, piece):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` fail
+    code, _, err = run(["verify", AE, piece], capsys)
+    assert_error(code, err, ENVIRONMENT, "onnxruntime is not installed", hint=("pip install",))
+
+
+def test_verify_data_with_wrong_dtype(tmp_path, capsys, piece):
+    data = tmp_path / "data.npz"
+    np.savez(data, input=np.zeros((2, 64), np.int64))
+    code, _, err = run(["verify", AE, piece, "--data", data], capsys)
+    assert_error(code, err, BAD_INPUT, "int64", "float")
