@@ -77,7 +77,7 @@ def _random_tensor(v: onnx.ValueInfoProto, rng: np.random.Generator, batch: int)
         )
     tt = v.type.tensor_type
     dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
-    shape = [d.dim_value if d.WhichOneof("value") == "dim_value" else batch for d in tt.shape.dim]
+    shape = [d.dim_value if d.WhichOneof("value") == "dim_value" and d.dim_value > 0 else batch for d in tt.shape.dim]
     if np.issubdtype(dtype, np.floating):
         return rng.standard_normal(shape).astype(dtype)
     if dtype == np.bool_:
@@ -179,7 +179,9 @@ def _check_data(index: GraphIndex, feeds: dict[str, np.ndarray]) -> None:
             continue
         want = dtypes.show(t)
         dtype = onnx.helper.tensor_dtype_to_np_dtype(t.tensor_type.elem_type) if t.tensor_type.elem_type else None
-        dims = [d.dim_value if d.WhichOneof("value") == "dim_value" else None for d in t.tensor_type.shape.dim]
+        # some exporters write -1 (or 0) for a dynamic dim
+        dims = [d.dim_value if d.WhichOneof("value") == "dim_value" and d.dim_value > 0 else None
+                for d in t.tensor_type.shape.dim]
         fits = (dtype is None or array.dtype == dtype) and (
             not t.tensor_type.HasField("shape")
             or (array.ndim == len(dims) and all(d is None or d == s for d, s in zip(dims, array.shape)))
