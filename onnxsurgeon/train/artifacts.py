@@ -21,8 +21,8 @@ inside the graphs). What this module adds around it:
   gradient of a dropout that kept everything, scaled by 1/(1-ratio): silently wrong. We
   replace it by Identity, which is what it computes. Both on a copy; no computed value
   changes. Dropout with training_mode=True stays and drops in the training model only.
-- all or nothing: the files are generated in a scratch folder inside ``out_dir`` and moved
-  into place only when all four exist.
+- no half-written files: the four are generated in a scratch folder inside ``out_dir`` and
+  each moved into place (os.replace) only after all four were written.
 - errors in words: unknown or overlapping names, a bad loss/optimizer choice and models
   generate_artifacts cannot differentiate raise :class:`onnxsurgeon.errors.InputError`.
 """

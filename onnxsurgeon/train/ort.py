@@ -87,7 +87,7 @@ def _setup() -> None:
         if "onnxruntime" not in sys.modules:
             sys.modules[_ORTMODULE] = None  # see 3. in the module docstring
             try:
-                import onnxruntime  # noqa: F401
+                import onnxruntime  # the first import, with the probe blocked
             finally:
                 if _ORTMODULE in sys.modules and sys.modules[_ORTMODULE] is None:
                     del sys.modules[_ORTMODULE]
