@@ -156,33 +156,44 @@ def extract(
     in_ports = [(s.new_name or r.value, r.value, s.type, r) for s, r in zip(in_specs, in_res)]
     in_ports += [(v, v, None, None) for v in auto]
     types = _copy_value_info(index, walk.keep, [p[1] for p in in_ports] + out_values, g)
-    # a type without a shape is unknown too: inference may find its rank and dims
-    unknown = [v for v, t in types.items() if dtypes.rank(t) is None]
-    if unknown:
-        inferred = _infer_types(model, index, unknown)
-        types.update((v, t) for v, t in inferred.items() if types[v] is None or dtypes.rank(t) is not None)
-        rankless = [v for v in unknown if dtypes.rank(types.get(v)) is None]
-        if rankless:
-            types.update(_observe_types(model, rankless, sample))
-    for name, value, override, _ in in_ports:
-        if override is None and types.get(value) is None:
+    for _, value, override, _ in in_ports:
+        if override is not None:
+            types[value] = override
+    # Types the model does not record: inputs from shape inference on what computes them,
+    # outputs from shape inference on the piece. A type without a shape counts as unknown.
+    untyped = [v for _, v, _, _ in in_ports if dtypes.rank(types[v]) is None]
+    if untyped:
+        _update_types(types, _infer_types(model, index, untyped))
+        _update_types(types, _observe_types(model, [v for v in untyped if dtypes.rank(types[v]) is None], sample))
+    for _, value, _, _ in in_ports:
+        if types[value] is None:
             raise InputError(
                 f"the type of input {value!r} is not recorded in the model and cannot be inferred",
                 f"give it with --in '{value}:float32[N,...]'",
             )
+    g.input.extend(onnx.helper.make_value_info(v, types[v]) for _, v, _, _ in in_ports)
+    g.output.extend(
+        onnx.helper.make_value_info(v, types[v]) if types[v] is not None else onnx.ValueInfoProto(name=v)
+        for v in out_values
+    )
+    overridden = [s.text for s in in_specs if s.type is not None]
+    batchnorms = [n.input[0] for n in g.node if n.op_type == "BatchNormalization"] if params == "constant" else []
+    if overridden or batchnorms or any(dtypes.rank(types[v]) is None for v in out_values):
+        inferred = _infer_piece(model, g, overridden)
+        if overridden:  # shapes downstream of a new input type change: take the new ones
+            types.update((v, inferred[v]) for v in out_values if v in inferred)
+        _update_types(types, {v: inferred[v] for v in out_values + batchnorms if v in inferred})
+    _update_types(types, _observe_types(model, [v for v in out_values if dtypes.rank(types[v]) is None], sample))
+    for k, v in enumerate(out_values):
+        if types[v] is not None:
+            g.output[k].type.CopyFrom(types[v])
 
     folded: list[str] = []
     removed: list[str] = []
     if params == "constant":
-        known = {v.name: v.type for v in g.value_info}
-        known.update((k, t) for k, t in types.items() if t is not None)
-        bn_inputs = [n.input[0] for n in g.node if n.op_type == "BatchNormalization"]
-        missing = [x for x in bn_inputs if x not in known and index.type_of(x) is None]
-        if missing:
-            known.update(_infer_types(model, index, missing))
 
         def rank_of(name: str) -> int | None:
-            return dtypes.rank(known.get(name) or index.type_of(name))
+            return dtypes.rank(types.get(name) or index.type_of(name))
 
         folded, removed, more = modes.freeze(g, rank_of, set(out_values))
         warnings += more
@@ -191,13 +202,14 @@ def extract(
     rename: dict[str, str] = {value: name for name, value, _, _ in in_ports if name != value}
     extra_identity: list[tuple[str, str]] = []
     claimed = set(rename)
+    out_names = []
     for s, r in zip(out_specs, out_res):
-        name = s.new_name or r.value
+        name = s.new_name or rename.get(r.value, r.value)
+        out_names.append(name)
         current = rename.get(r.value, r.value)
         if name == current:
             claimed.add(r.value)
-            continue
-        if r.value in claimed or r.value in stop or r.value in walk.params:
+        elif r.value in claimed or r.value in stop or r.value in walk.params:
             extra_identity.append((current, name))
         else:
             rename[r.value] = name
@@ -206,22 +218,11 @@ def extract(
     rename_values(g, rename)
     for src, dst in extra_identity:
         g.node.append(onnx.helper.make_node("Identity", [src], [dst], name=f"{dst}/identity"))
+    for vi, name in zip(g.output, out_names):
+        vi.name = name
 
-    in_port_objs: list[Port] = []
-    for name, value, override, res in in_ports:
-        t = override if override is not None else types[value]
-        g.input.append(onnx.helper.make_value_info(name, t))
-        in_port_objs.append(Port(name, value, dtypes.show(t), res))
-    out_port_objs: list[Port] = []
-    for s, r in zip(out_specs, out_res):
-        name = s.new_name or rename.get(r.value, r.value)
-        t = types.get(r.value)
-        vi = onnx.helper.make_value_info(name, t) if t is not None else onnx.ValueInfoProto(name=name)
-        g.output.append(vi)
-        out_port_objs.append(Port(name, r.value, dtypes.show(t), r))
-
-    if any(s.type is not None for s in in_specs):
-        out_port_objs = _reinfer(model, g, out_port_objs, in_specs)
+    in_port_objs = [Port(name, value, dtypes.show(types[value]), res) for name, value, _, res in in_ports]
+    out_port_objs = [Port(name, r.value, dtypes.show(types[r.value]), r) for name, r in zip(out_names, out_res)]
 
     if model.ir_version < 4:
         # before IR 4, every initializer had to be listed as a graph input too
@@ -386,21 +387,21 @@ def _infer_types(model: onnx.ModelProto, index: GraphIndex, names: list[str]) ->
     w = _walk(index, names, set())
     g = onnx.GraphProto(name="infer")
     g.node.extend(index.nodes[i] for i in sorted(w.keep))
-    g.initializer.extend(t for t in model.graph.initializer if t.name in w.params)
-    for t in g.initializer:
-        if serde.is_external(t):  # only dims matter here: drop the bytes, keep the shape
-            t.ClearField("external_data")
-            t.data_location = onnx.TensorProto.DEFAULT
-            t.raw_data = b""
     g.input.extend(index.inputs[v] for v in w.leaks)
-    g.value_info.extend(index.graph.value_info)
+    for t in model.graph.initializer:
+        if t.name not in w.params:
+            continue
+        if serde.is_external(t) or (len(t.raw_data) > 1024 and t.data_type != onnx.TensorProto.INT64):
+            # only dims matter for these: declare them as typed inputs instead of copying weights
+            g.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+        else:
+            g.initializer.append(t)
     g.output.extend(onnx.ValueInfoProto(name=n) for n in names)
-    probe = _probe(model, g)
     try:
-        inferred = onnx.shape_inference.infer_shapes(probe, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(_probe(model, g), data_prop=True)
     except Exception:  # inference is a best effort here; missing types are reported later
         return {}
-    known = {v.name: v.type for v in list(inferred.graph.value_info) + list(inferred.graph.output)}
+    known = {v.name: v.type for v in inferred.graph.output}
     return {n: known[n] for n in names if n in known and known[n].WhichOneof("value") is not None}
 
 
@@ -408,6 +409,8 @@ def _observe_types(model: onnx.ModelProto, names: list[str], sample: dict[str, A
     """Element type and rank of values that shape inference cannot type, seen in one run of
     the model on random inputs (dims left unknown). ONNX requires a shape on every graph
     input and output, so a rank is needed; nothing is returned if the model cannot run."""
+    if not names:
+        return {}
     from onnxsurgeon import compare, runtime
 
     probe = onnx.ModelProto()
@@ -444,30 +447,34 @@ def _probe(model: onnx.ModelProto, g: onnx.GraphProto) -> onnx.ModelProto:
     return probe
 
 
-def _reinfer(model: onnx.ModelProto, g: onnx.GraphProto, outs: list[Port], in_specs: list[_Spec]) -> list[Port]:
-    """After a type override, re-infer every shape downstream; refuse one that cannot fit."""
-    del g.value_info[:]
-    for o in g.output:
-        o.type.Clear()
-    probe = _probe(model, g)
-    overrides = ", ".join(repr(s.text) for s in in_specs if s.type is not None)
+def _update_types(types: dict[str, onnx.TypeProto | None], found: dict[str, onnx.TypeProto]) -> None:
+    """Take a found type where none is known, or where it adds a shape."""
+    for v, t in found.items():
+        if types.get(v) is None or (dtypes.rank(types[v]) is None and dtypes.rank(t) is not None):
+            types[v] = t
+
+
+def _infer_piece(model: onnx.ModelProto, g: onnx.GraphProto, overridden: list[str]) -> dict[str, onnx.TypeProto]:
+    """Shape inference on the piece. After a type override it is strict and starts from
+    scratch, so a shape that can no longer fit is refused before anything is written."""
+    if overridden:
+        del g.value_info[:]
+        for o in g.output:
+            o.type.Clear()
     try:
-        inferred = onnx.shape_inference.infer_shapes(probe, strict_mode=True, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(_probe(model, g), strict_mode=bool(overridden), data_prop=True)
     except Exception as e:  # onnx reports shape errors as several exception types
+        if not overridden:
+            return {}
         reason = _first_inference_error(str(e)) or type(e).__name__
         raise InputError(
-            f"the new input type {overrides} does not fit the piece: {reason}",
+            f"the new input type {', '.join(map(repr, overridden))} does not fit the piece: {reason}",
             "check the shape you gave, or cut so that the new shape fits",
         ) from None
-    types = {v.name: v.type for v in inferred.graph.output}
-    g.value_info.extend(inferred.graph.value_info)
-    new_outs = []
-    for p, o in zip(outs, g.output):
-        t = types.get(o.name)
-        if t is not None and t.WhichOneof("value") is not None:
-            o.type.CopyFrom(t)
-        new_outs.append(Port(p.name, p.value, dtypes.show(o.type if o.type.WhichOneof("value") else None), p.resolved))
-    return new_outs
+    if overridden:
+        g.value_info.extend(inferred.graph.value_info)
+    found = {v.name: v.type for v in list(inferred.graph.value_info) + list(inferred.graph.output)}
+    return {k: t for k, t in found.items() if t.WhichOneof("value") is not None}
 
 
 def _new_model(model: onnx.ModelProto) -> onnx.ModelProto:

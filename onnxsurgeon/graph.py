@@ -38,12 +38,19 @@ def captured(graph: onnx.GraphProto) -> list[str]:
     return list(seen)
 
 
+_GRAPH, _GRAPHS = onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS
+
+
 def node_reads(node: onnx.NodeProto) -> list[str]:
     """Every value a node reads: its inputs and what its subgraphs capture from outside."""
     reads = [n for n in node.input if n]
-    if node.attribute:
-        for g in subgraphs(node):
-            reads.extend(captured(g))
+    for attr in node.attribute:
+        kind = attr.type
+        if kind == _GRAPH:
+            reads.extend(captured(attr.g))
+        elif kind == _GRAPHS:
+            for g in attr.graphs:
+                reads.extend(captured(g))
     return reads
 
 
