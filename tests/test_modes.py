@@ -62,3 +62,17 @@ def test_learnable_keeps_batchnorm(fixture_path):
     piece, _ = osg.extract(model, inputs=["image"], outputs=["logits"])
     assert "BatchNormalization" in {n.op_type for n in piece.graph.node}
     assert osg.verify(model, piece).to_dict()["outputs"][0]["max_abs_diff"] == 0.0
+
+
+def test_constant_on_pytorch_training_export():
+    """A CNN exported by PyTorch in training mode (BatchNorm training_mode=1 with running-stat
+    outputs, Dropout with training_mode=true) becomes its inference form."""
+    from tests.corpus import TORCH_DIR
+
+    model = osg.load(TORCH_DIR / "cnn_ts_train.onnx")
+    piece, report = osg.extract(model, inputs=["image"], outputs=["logits"], params="constant")
+    onnx.checker.check_model(piece, full_check=True)
+    assert len(report.folded_batchnorms) == 2 and len(report.removed_dropouts) == 1
+    assert not {"BatchNormalization", "Dropout"} & {n.op_type for n in piece.graph.node}
+    result = osg.verify(model, piece)
+    assert result.ok and result.outputs[0].max_rel_diff < 1e-5
