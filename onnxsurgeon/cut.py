@@ -155,38 +155,7 @@ def extract(
     g.sparse_initializer.extend(s for s in graph.sparse_initializer if s.values.name in walk.params)
     in_ports = [(s.new_name or r.value, r.value, s.type, r) for s, r in zip(in_specs, in_res)]
     in_ports += [(v, v, None, None) for v in auto]
-    types = _copy_value_info(index, walk.keep, [p[1] for p in in_ports] + out_values, g)
-    for _, value, override, _ in in_ports:
-        if override is not None:
-            types[value] = override
-    # Types the model does not record: inputs from shape inference on what computes them,
-    # outputs from shape inference on the piece. A type without a shape counts as unknown.
-    untyped = [v for _, v, _, _ in in_ports if dtypes.rank(types[v]) is None]
-    if untyped:
-        _update_types(types, _infer_types(model, index, untyped))
-        _update_types(types, _observe_types(model, [v for v in untyped if dtypes.rank(types[v]) is None], sample))
-    for _, value, _, _ in in_ports:
-        if types[value] is None:
-            raise InputError(
-                f"the type of input {value!r} is not recorded in the model and cannot be inferred",
-                f"give it with --in '{value}:float32[N,...]'",
-            )
-    g.input.extend(onnx.helper.make_value_info(v, types[v]) for _, v, _, _ in in_ports)
-    g.output.extend(
-        onnx.helper.make_value_info(v, types[v]) if types[v] is not None else onnx.ValueInfoProto(name=v)
-        for v in out_values
-    )
-    overridden = [s.text for s in in_specs if s.type is not None]
-    batchnorms = [n.input[0] for n in g.node if n.op_type == "BatchNormalization"] if params == "constant" else []
-    if overridden or batchnorms or any(dtypes.rank(types[v]) is None for v in out_values):
-        inferred = _infer_piece(model, g, overridden)
-        if overridden:  # shapes downstream of a new input type change: take the new ones
-            types.update((v, inferred[v]) for v in out_values if v in inferred)
-        _update_types(types, {v: inferred[v] for v in out_values + batchnorms if v in inferred})
-    _update_types(types, _observe_types(model, [v for v in out_values if dtypes.rank(types[v]) is None], sample))
-    for k, v in enumerate(out_values):
-        if types[v] is not None:
-            g.output[k].type.CopyFrom(types[v])
+    types = _type_ports(model, index, walk, g, in_ports, out_values, in_specs, params, sample)
 
     folded: list[str] = []
     removed: list[str] = []
@@ -198,28 +167,7 @@ def extract(
         folded, removed, more = modes.freeze(g, rank_of, set(out_values))
         warnings += more
 
-    # --- names: records rename values; an output that must carry a second name gets an Identity
-    rename: dict[str, str] = {value: name for name, value, _, _ in in_ports if name != value}
-    extra_identity: list[tuple[str, str]] = []
-    claimed = set(rename)
-    out_names = []
-    for s, r in zip(out_specs, out_res):
-        name = s.new_name or rename.get(r.value, r.value)
-        out_names.append(name)
-        current = rename.get(r.value, r.value)
-        if name == current:
-            claimed.add(r.value)
-        elif r.value in claimed or r.value in stop or r.value in walk.params:
-            extra_identity.append((current, name))
-        else:
-            rename[r.value] = name
-            claimed.add(r.value)
-    _check_new_names(g, rename, extra_identity, stop)
-    rename_values(g, rename)
-    for src, dst in extra_identity:
-        g.node.append(onnx.helper.make_node("Identity", [src], [dst], name=f"{dst}/identity"))
-    for vi, name in zip(g.output, out_names):
-        vi.name = name
+    out_names = _name_ports(g, in_ports, out_specs, out_res, stop | walk.params)
 
     in_port_objs = [Port(name, value, dtypes.show(types[value]), res) for name, value, _, res in in_ports]
     out_port_objs = [Port(name, r.value, dtypes.show(types[r.value]), r) for name, r in zip(out_names, out_res)]
@@ -254,6 +202,75 @@ def extract(
         warnings=tuple(warnings),
     )
     return piece, report
+
+
+def _type_ports(model, index, walk, g, in_ports, out_values, in_specs, params, sample):
+    """Give the piece's inputs and outputs their types, and return the types found
+    (by value name), including those of BatchNormalization inputs in constant mode.
+
+    Types the model does not record come from shape inference: for inputs on what computes
+    them, for outputs on the piece; failing that, from one run of the model. A type
+    without a shape counts as unknown: ONNX wants a shape on every graph input and output.
+    """
+    types = _copy_value_info(index, walk.keep, [p[1] for p in in_ports] + out_values, g)
+    for _, value, override, _ in in_ports:
+        if override is not None:
+            types[value] = override
+    untyped = [v for _, v, _, _ in in_ports if dtypes.rank(types[v]) is None]
+    if untyped:
+        _update_types(types, _infer_types(model, index, untyped))
+        _update_types(types, _observe_types(model, [v for v in untyped if dtypes.rank(types[v]) is None], sample))
+    for _, value, _, _ in in_ports:
+        if types[value] is None:
+            raise InputError(
+                f"the type of input {value!r} is not recorded in the model and cannot be inferred",
+                f"give it with --in '{value}:float32[N,...]'",
+            )
+    g.input.extend(onnx.helper.make_value_info(v, types[v]) for _, v, _, _ in in_ports)
+    g.output.extend(
+        onnx.helper.make_value_info(v, types[v]) if types[v] is not None else onnx.ValueInfoProto(name=v)
+        for v in out_values
+    )
+    overridden = [s.text for s in in_specs if s.type is not None]
+    batchnorms = [n.input[0] for n in g.node if n.op_type == "BatchNormalization"] if params == "constant" else []
+    if overridden or batchnorms or any(dtypes.rank(types[v]) is None for v in out_values):
+        inferred = _infer_piece(model, g, overridden)
+        if overridden:  # shapes downstream of a new input type change: take the new ones
+            types.update((v, inferred[v]) for v in out_values if v in inferred)
+        _update_types(types, {v: inferred[v] for v in out_values + batchnorms if v in inferred})
+    _update_types(types, _observe_types(model, [v for v in out_values if dtypes.rank(types[v]) is None], sample))
+    for k, v in enumerate(out_values):
+        if types[v] is not None:
+            g.output[k].type.CopyFrom(types[v])
+    return types
+
+
+def _name_ports(g, in_ports, out_specs, out_res, fixed: set[str]) -> list[str]:
+    """Apply record names: rename values in the piece, and give an output that must carry
+    a second name (it is an input, a parameter or already named) an Identity node.
+    Returns the outputs' final names."""
+    rename: dict[str, str] = {value: name for name, value, _, _ in in_ports if name != value}
+    extra_identity: list[tuple[str, str]] = []
+    claimed = set(rename)
+    out_names = []
+    for s, r in zip(out_specs, out_res):
+        current = rename.get(r.value, r.value)
+        name = s.new_name or current
+        out_names.append(name)
+        if name == current:
+            claimed.add(r.value)
+        elif r.value in claimed or r.value in fixed:
+            extra_identity.append((current, name))
+        else:
+            rename[r.value] = name
+            claimed.add(r.value)
+    _check_new_names(g, rename, extra_identity, fixed)
+    rename_values(g, rename)
+    for src, dst in extra_identity:
+        g.node.append(onnx.helper.make_node("Identity", [src], [dst], name=f"{dst}/identity"))
+    for vi, name in zip(g.output, out_names):
+        vi.name = name
+    return out_names
 
 
 @dataclass
@@ -371,8 +388,10 @@ def _check_unique(in_specs, in_res, out_specs, out_res) -> None:
         raise InputError("; ".join(problems), "give each input and output its own name (name=value)")
 
 
-def _check_new_names(g: onnx.GraphProto, rename: dict[str, str], extra: list[tuple[str, str]], stop: set[str]) -> None:
-    existing = {o for n in g.node for o in n.output} | {t.name for t in g.initializer} | stop
+def _check_new_names(g: onnx.GraphProto, rename: dict[str, str], extra: list[tuple[str, str]], fixed: set[str]) -> None:
+    if not rename and not extra:
+        return
+    existing = {o for n in g.node for o in n.output} | {t.name for t in g.initializer} | fixed
     clashes = [new for old, new in rename.items() if new in existing and new != old]
     clashes += [new for _, new in extra if new in existing]
     if clashes:
