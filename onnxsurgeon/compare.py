@@ -200,7 +200,7 @@ def _values(model: onnx.ModelProto, index: GraphIndex, feeds: dict[str, np.ndarr
             out[n] = feeds[n]
         elif n in index.initializers:
             t = index.initializers[n]
-            out[n] = onnx.numpy_helper.to_array(t) if not serde.is_external(t) else _external_array(t)
+            out[n] = serde.to_array(t)
     wanted = [n for n in dict.fromkeys(names) if n not in out]
     if wanted:
         probe = onnx.ModelProto()
@@ -213,15 +213,6 @@ def _values(model: onnx.ModelProto, index: GraphIndex, feeds: dict[str, np.ndarr
         sess = runtime.session(probe, "the original model", optimize=False)
         out.update(zip(wanted, runtime.run(sess, feeds, wanted, "the original model", hint)))
     return out
-
-
-def _external_array(t: onnx.TensorProto) -> np.ndarray:
-    copy = onnx.TensorProto()
-    copy.CopyFrom(t)
-    copy.raw_data = serde.read_external(t)
-    del copy.external_data[:]
-    copy.data_location = onnx.TensorProto.DEFAULT
-    return onnx.numpy_helper.to_array(copy)
 
 
 def _compare(name: str, value: str, got: Any, want: Any, rtol: float, atol: float) -> OutputCheck:

@@ -20,15 +20,6 @@ def _is_op(node: onnx.NodeProto, op: str) -> bool:
     return node.op_type == op and node.domain in ("", "ai.onnx")
 
 
-def _array(tensor: onnx.TensorProto) -> np.ndarray:
-    if serde.is_external(tensor):
-        tensor = onnx.TensorProto.FromString(tensor.SerializeToString())
-        tensor.raw_data = serde.read_external(tensor)
-        del tensor.external_data[:]
-        tensor.data_location = onnx.TensorProto.DEFAULT
-    return numpy_helper.to_array(tensor)
-
-
 def freeze(
     graph: onnx.GraphProto,
     rank_of: Callable[[str], int | None],
@@ -133,7 +124,7 @@ def _fold_batchnorm(node, inits, rank_of, fresh):
     if rank is None:
         return f"the rank of {x!r} is unknown"
     eps = float(attrs.get("epsilon", 1e-5))
-    scale, bias, mean, var = (_array(inits[p]).astype(np.float64) for p in params)
+    scale, bias, mean, var = (serde.to_array(inits[p]).astype(np.float64) for p in params)
     a = scale / np.sqrt(var + eps)
     b = bias - mean * a
     dtype = onnx.helper.tensor_dtype_to_np_dtype(inits[params[0]].data_type)

@@ -156,6 +156,18 @@ def read_external(tensor: onnx.TensorProto) -> bytes:
     return data
 
 
+def to_array(tensor: onnx.TensorProto):
+    """A tensor's values as a numpy array, reading external data if need be."""
+    from onnx import numpy_helper
+
+    if is_external(tensor):
+        copy = onnx.TensorProto()
+        copy.CopyFrom(tensor)
+        _inline(copy)
+        tensor = copy
+    return numpy_helper.to_array(tensor)
+
+
 def _inline(tensor: onnx.TensorProto) -> None:
     tensor.raw_data = read_external(tensor)
     del tensor.external_data[:]
