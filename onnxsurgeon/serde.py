@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import onnx
@@ -227,25 +227,28 @@ def save(model: onnx.ModelProto, path: str | os.PathLike[str], external_data: bo
     data_path = path.with_name(path.name + ".data")
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    chunks: list[bytes] = []
+    written = [_atomic_write(data_path, _move_to_external(out, data_path.name))]
+    written.append(_atomic_write(path, [out.SerializeToString()]))
+    return written
+
+
+def _move_to_external(model: onnx.ModelProto, location: str) -> Iterator[bytes]:
+    """Yield the bytes of the data file, one tensor at a time, pointing each tensor at them."""
     offset = 0
-    for tensor in iter_model_tensors(out):
+    for tensor in iter_model_tensors(model):
         external = is_external(tensor)
         if not external and len(tensor.raw_data) < EXTERNAL_THRESHOLD:
             continue  # small tensors, and those held in typed fields, stay inline
         data = read_external(tensor) if external else tensor.raw_data
         pad = (-offset) % 64  # keep tensors aligned for memory mapping
         if pad:
-            chunks.append(b"\0" * pad)
+            yield b"\0" * pad
             offset += pad
-        chunks.append(data)
+        yield data
         tensor.ClearField("raw_data")
-        _set_external(tensor, data_path.name, {"offset": str(offset), "length": str(len(data))})
+        _set_external(tensor, location, {"offset": str(offset), "length": str(len(data))})
         tensor.data_location = onnx.TensorProto.EXTERNAL
         offset += len(data)
-    written = [_atomic_write(data_path, chunks)]
-    written.append(_atomic_write(path, [out.SerializeToString()]))
-    return written
 
 
 def _mode_for(path: Path) -> int:
@@ -258,7 +261,7 @@ def _mode_for(path: Path) -> int:
         return 0o666 & ~umask
 
 
-def _atomic_write(path: Path, chunks: list[bytes]) -> Path:
+def _atomic_write(path: Path, chunks: Iterable[bytes]) -> Path:
     folder = path.parent if str(path.parent) else Path(".")
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
