@@ -234,7 +234,7 @@ def _type_ports(model, index, walk, g, in_ports, out_values, in_specs, params, s
     overridden = [s.text for s in in_specs if s.type is not None]
     batchnorms = [n.input[0] for n in g.node if n.op_type == "BatchNormalization"] if params == "constant" else []
     if overridden or batchnorms or any(dtypes.rank(types[v]) is None for v in out_values):
-        inferred = _infer_piece(model, g, overridden)
+        inferred = _infer_piece(model, g, overridden, set(out_values + batchnorms))
         if overridden:  # shapes downstream of a new input type change: take the new ones
             types.update((v, inferred[v]) for v in out_values if v in inferred)
         _update_types(types, {v: inferred[v] for v in out_values + batchnorms if v in inferred})
@@ -473,7 +473,9 @@ def _update_types(types: dict[str, onnx.TypeProto | None], found: dict[str, onnx
             types[v] = t
 
 
-def _infer_piece(model: onnx.ModelProto, g: onnx.GraphProto, overridden: list[str]) -> dict[str, onnx.TypeProto]:
+def _infer_piece(
+    model: onnx.ModelProto, g: onnx.GraphProto, overridden: list[str], wanted: set[str]
+) -> dict[str, onnx.TypeProto]:
     """Shape inference on the piece. After a type override it is strict and starts from
     scratch, so a shape that can no longer fit is refused before anything is written."""
     if overridden:
@@ -490,10 +492,12 @@ def _infer_piece(model: onnx.ModelProto, g: onnx.GraphProto, overridden: list[st
             f"the new input type {', '.join(map(repr, overridden))} does not fit the piece: {reason}",
             "check the shape you gave, or cut so that the new shape fits",
         ) from None
-    if overridden:
+    if overridden or not g.value_info:  # keep what inference learnt about the inner values
         g.value_info.extend(inferred.graph.value_info)
-    found = {v.name: v.type for v in list(inferred.graph.value_info) + list(inferred.graph.output)}
-    return {k: t for k, t in found.items() if t.WhichOneof("value") is not None}
+    found = {v.name: v.type for v in inferred.graph.output}
+    if wanted - found.keys():
+        found.update((v.name, v.type) for v in inferred.graph.value_info if v.name in wanted)
+    return {k: t for k, t in found.items() if k in wanted and t.WhichOneof("value") is not None}
 
 
 def _new_model(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -4,13 +4,25 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.table import Table
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+    out: Console  # stdout
+    err: Console  # stderr
+
+
+def __getattr__(name: str) -> Any:
+    # The consoles are made on first use, so that --help never imports rich.
+    if name in ("out", "err"):
+        from rich.console import Console
+
+        console = Console(stderr=name == "err", highlight=False, soft_wrap=True)
+        globals()[name] = console
+        return console
+    raise AttributeError(name)
 
 
 def emit_json(data: Any) -> None:
@@ -22,8 +34,9 @@ def warn(message: str) -> None:
 
 
 def table(*columns: str, title: str | None = None) -> Table:
-    t = Table(*columns, title=title, box=None, header_style="bold", pad_edge=False)
-    return t
+    from rich.table import Table
+
+    return Table(*columns, title=title, box=None, header_style="bold", pad_edge=False)
 
 
 def size(n: int) -> str:
