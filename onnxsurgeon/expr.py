@@ -32,7 +32,7 @@ import difflib
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import onnx
@@ -83,7 +83,7 @@ class Pos:
     file: str = "<expression>"
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}:{self.col}"
+        return f"{self.file}:{self.line}:{self.col}" if self.line > 0 else self.file
 
 
 class ExprError(InputError):
@@ -195,7 +195,7 @@ class Neg:
     pos: Pos
 
 
-Expr = Union[Num, Str, Name, Member, Call, BinOp, Neg]
+Expr = Num | Str | Name | Member | Call | BinOp | Neg
 
 
 def parse(text: str, source: Source | None = None) -> Expr:
@@ -214,6 +214,21 @@ def parse(text: str, source: Source | None = None) -> Expr:
     except (RecursionError, MemoryError):
         raise ExprError("the expression is nested too deeply", pos=source.pos(1, 0)) from None
     return _Converter(source).convert(tree.body, 0)
+
+
+def names_in(expr: Expr) -> list[Name]:
+    """The names an expression reads (not the functions it calls), in order."""
+    if isinstance(expr, Name):
+        return [expr]
+    if isinstance(expr, Member):
+        return names_in(expr.base)
+    if isinstance(expr, Call):
+        return [n for a in list(expr.args) + [v for _, v in expr.keywords] for n in names_in(a)]
+    if isinstance(expr, BinOp):
+        return names_in(expr.left) + names_in(expr.right)
+    if isinstance(expr, Neg):
+        return names_in(expr.operand)
+    return []
 
 
 def _syntax_error(e: SyntaxError, text: str, source: Source) -> ExprError:
@@ -288,7 +303,7 @@ class _Converter:
 
     def constant(self, node: ast.Constant, keyword_value: bool) -> Expr:
         value = node.value
-        if isinstance(value, bool) or isinstance(value, str):
+        if isinstance(value, (bool, str)):
             if keyword_value:
                 return Str(value, self.pos(node))
             raise self.fail(node, f"{value!r} is allowed only as a keyword value, e.g. name='hidden'")
@@ -354,7 +369,7 @@ def fold(op: str, a: float, b: float) -> float:
 
 # --- values and types -----------------------------------------------------------------------
 
-Dim = Union[int, str, None]
+Dim = int | str | None
 
 
 @dataclass(frozen=True)
@@ -403,13 +418,19 @@ class TensorType:
 
 @dataclass(frozen=True)
 class Value:
-    """A tensor of the network: its name in the graph and its type."""
+    """A tensor of the network: its name in the graph, its type, and the name a person gave
+    it (``label``) where that differs, for messages."""
 
     name: str
     type: TensorType
+    label: str | None = None
+
+    @property
+    def shown(self) -> str:
+        return self.label or self.name
 
     def __str__(self) -> str:
-        return f"{self.name} : {self.type}"
+        return f"{self.shown} : {self.type}"
 
 
 @dataclass(frozen=True)
@@ -631,19 +652,22 @@ class _Evaluator:
         )
 
     def apply(self, fn: Function, args: list, kwargs: list, e: Expr, arg_pos: list[Pos], kw_pos: dict[str, Pos]) -> Any:
-        bound = _bind(fn, args, kwargs, e.pos, arg_pos, kw_pos)
+        bound, where = _bind(fn, args, kwargs, e.pos, arg_pos, kw_pos)
         try:
             return fn.call(**bound)
         except ArgumentError as err:
-            where = arg_pos[err.which] if isinstance(err.which, int) and err.which < len(arg_pos) else kw_pos.get(str(err.which), e.pos)
-            raise ExprError.at(where, err) from None
+            if isinstance(err.which, int):
+                at = arg_pos[err.which] if err.which < len(arg_pos) else e.pos
+            else:
+                at = where.get(err.which, e.pos)
+            raise ExprError.at(at, err) from None
         except InputError as err:
             raise ExprError.at(e.pos, err) from None
 
 
 def _describe(x: Any) -> str:
     if isinstance(x, Value):
-        return f"the value {x.name!r} ({x.type})"
+        return f"the value {x.shown!r} ({x.type})"
     if isinstance(x, Record):
         return f"the outputs of {x.owner} ({', '.join(x.names())})"
     if isinstance(x, (int, float)) and not isinstance(x, bool):
@@ -653,7 +677,8 @@ def _describe(x: Any) -> str:
     return type(x).__name__
 
 
-def _bind(fn: Function, args: list, kwargs: list, pos: Pos, arg_pos: list[Pos], kw_pos: dict[str, Pos]) -> dict[str, Any]:
+def _bind(fn: Function, args: list, kwargs: list, pos: Pos, arg_pos: list[Pos], kw_pos: dict[str, Pos]) -> tuple[dict[str, Any], dict[str, Pos]]:
+    """Match arguments to parameters and check their kinds; returns them and their positions."""
     positional = [p for p in fn.params if not p.keyword_only and p.name != fn.variadic]
     by_name = {p.name: p for p in fn.params}
     bound: dict[str, Any] = {}
@@ -691,7 +716,7 @@ def _bind(fn: Function, args: list, kwargs: list, pos: Pos, arg_pos: list[Pos], 
             bound[p.name] = _check_kind(fn, p, bound[p.name], where[p.name])
     if fn.variadic is not None and not bound[fn.variadic]:
         raise ExprError(f"{fn.name} needs at least one value", f"call it as {fn.signature()}", pos)
-    return bound
+    return bound, where
 
 
 def _check_kind(fn: Function, p: Param, v: Any, pos: Pos) -> Any:
@@ -748,9 +773,6 @@ class Builder:
     @property
     def nodes(self) -> list[onnx.NodeProto]:
         return [s for s in self.segments if isinstance(s, onnx.NodeProto)]
-
-    def is_free(self, name: str) -> bool:
-        return name not in self.fixed and name not in self.made and not self._in_scope(name)
 
     def _in_scope(self, name: str) -> str | None:
         head, sep, _ = name.partition("/")
@@ -812,7 +834,7 @@ class Builder:
         self.producers[out] = node
         return Value(out, type)
 
-    def constant(self, value: float | int | np.ndarray, elem: int, hint: str = "Constant") -> str:
+    def constant(self, value: float | np.ndarray, elem: int, hint: str = "Constant") -> str:
         """A Constant node (never an initializer: constants must not become parameters)."""
         array = np.asarray(value, dtype=helper.tensor_dtype_to_np_dtype(elem))
         out = self.fresh(hint)
@@ -861,7 +883,7 @@ class Builder:
         onnx_op = {"+": "Add", "-": "Sub", "*": "Mul", "/": "Div", "**": "Pow"}[op]
         if isinstance(a, Value) and isinstance(b, Value):
             if a.type.elem != b.type.elem:
-                raise InputError(f"cannot compute {a.name} {op} {b.name}: element types {a.type.dtype} and {b.type.dtype} differ")
+                raise InputError(f"cannot compute {a.shown} {op} {b.shown}: element types {a.type.dtype} and {b.type.dtype} differ")
             shape = broadcast(a.type, b.type)
             return self.node(onnx_op, [a.name, b.name], TensorType(a.type.elem, shape))
         tensor = a if isinstance(a, Value) else b
@@ -889,16 +911,16 @@ class Builder:
         first = xs[0]
         for k, x in enumerate(xs[1:], 1):
             if x.type.elem != first.type.elem:
-                raise ArgumentError(k, f"concat: {x.name} is {x.type.dtype}, {first.name} is {first.type.dtype}")
+                raise ArgumentError(k, f"concat: {x.shown} is {x.type.dtype}, {first.shown} is {first.type.dtype}")
             if x.type.rank is not None and first.type.rank is not None and x.type.rank != first.type.rank:
-                raise ArgumentError(k, f"concat: {x.name} has rank {x.type.rank}, {first.name} has rank {first.type.rank}")
+                raise ArgumentError(k, f"concat: {x.shown} has rank {x.type.rank}, {first.shown} has rank {first.type.rank}")
         shape = _concat_shape([x.type for x in xs], axis)
         return self.node("Concat", [x.name for x in xs], TensorType(first.type.elem, shape), axis=axis)
 
     def cosine(self, a: Value, b: Value) -> Value:
         """Cosine similarity along the last axis, keeping it as size 1 (CNTK's cosine_distance)."""
         if a.type.elem != b.type.elem:
-            raise ArgumentError(1, f"cosine: {b.name} is {b.type.dtype}, {a.name} is {a.type.dtype}")
+            raise ArgumentError(1, f"cosine: {b.shown} is {b.type.dtype}, {a.shown} is {a.type.dtype}")
         broadcast(a.type, b.type)
         dot = self.reduce_sum(self.binary("*", a, b))  # type: ignore[arg-type]
         na = self.unary("Sqrt", self.reduce_sum(self.binary("*", a, a)))  # type: ignore[arg-type]
@@ -908,7 +930,7 @@ class Builder:
 
 def _check_axis(x: Value, axis: int) -> None:
     if x.type.rank is not None and not -x.type.rank <= axis < x.type.rank:
-        raise ArgumentError("axis", f"axis {axis} is out of range for {x.name} ({x.type})")
+        raise ArgumentError("axis", f"axis {axis} is out of range for {x.shown} ({x.type})")
 
 
 def _concat_shape(types: list[TensorType], axis: int) -> tuple[Dim, ...] | None:

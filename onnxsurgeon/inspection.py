@@ -168,11 +168,11 @@ def _itemsize(elem_type: int) -> int:
 def params(model: onnx.ModelProto, /) -> ParamsReport:
     """Every parameter (initializer) with its shape, type, size and state."""
     frozen = meta.frozen(model)
-    shared = meta.mode(model) == "shared"
+    shared = meta.shared(model)
     out = []
     for t in model.graph.initializer:
         size = math.prod(t.dims)
-        state = "frozen" if t.name in frozen else "shared" if shared else "learnable"
+        state = "frozen" if t.name in frozen else "shared" if t.name in shared else "learnable"
         a = alias(t.name)
         out.append(
             Param(t.name, dtypes.dtype_name(t.data_type), tuple(t.dims), size, size * _itemsize(t.data_type), state, a if a != t.name else "")

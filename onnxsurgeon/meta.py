@@ -11,9 +11,11 @@ from typing import Any
 import onnx
 
 MODE = "onnxsurgeon.params"
-FROZEN = "onnxsurgeon.frozen"
+FROZEN = "onnxsurgeon.frozen"  # JSON list of the parameters that never change
+SHARED = "onnxsurgeon.shared"  # JSON list of the parameters shared by several uses
 CUT = "onnxsurgeon.cut"
-KEYS = (MODE, FROZEN, CUT)
+COMPOSE = "onnxsurgeon.compose"
+KEYS = (MODE, FROZEN, SHARED, CUT, COMPOSE)
 
 
 def get(model: onnx.ModelProto, key: str) -> str | None:
@@ -39,9 +41,8 @@ def mode(model: onnx.ModelProto) -> str | None:
     return get(model, MODE)
 
 
-def frozen(model: onnx.ModelProto) -> set[str]:
-    """Names of the parameters marked frozen."""
-    raw = get(model, FROZEN)
+def _names(model: onnx.ModelProto, key: str) -> set[str]:
+    raw = get(model, key)
     if not raw:
         return set()
     try:
@@ -49,6 +50,18 @@ def frozen(model: onnx.ModelProto) -> set[str]:
     except json.JSONDecodeError:
         return set()
     return {n for n in names if isinstance(n, str)} if isinstance(names, list) else set()
+
+
+def frozen(model: onnx.ModelProto) -> set[str]:
+    """Names of the parameters marked frozen."""
+    return _names(model, FROZEN)
+
+
+def shared(model: onnx.ModelProto) -> set[str]:
+    """Names of the parameters marked shared: the whole set in a ``shared`` piece."""
+    if mode(model) == "shared":
+        return {t.name for t in model.graph.initializer}
+    return _names(model, SHARED)
 
 
 def set_frozen(model: onnx.ModelProto, names: set[str]) -> None:

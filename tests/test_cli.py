@@ -10,7 +10,7 @@ import pytest
 
 import onnxsurgeon as osg
 
-COMMANDS = ["extract", "verify", "nodes", "params", "info"]
+COMMANDS = ["extract", "verify", "nodes", "params", "info", "compose"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
