@@ -8,14 +8,17 @@ absolute, and their bytes are read only when a model that still needs them is sa
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import onnx
 from google.protobuf.message import DecodeError
 
+from onnxsurgeon import wire
 from onnxsurgeon.errors import InputError
 
 # Tensors at least this large go to the external data file when a model is written with
@@ -23,6 +26,10 @@ from onnxsurgeon.errors import InputError
 EXTERNAL_THRESHOLD = 1024
 # protobuf cannot serialise a message of 2 GiB or more; leave room for the graph itself.
 INLINE_LIMIT = 1_800_000_000
+# Model files this large are read without their big weights, which stay in the file and
+# are read when needed (see wire.py); smaller ones are parsed whole, which is faster.
+LAZY_FILE_SIZE = 256 << 20
+LAZY_TENSOR_SIZE = 64 << 10
 
 
 def load(path: str | os.PathLike[str]) -> onnx.ModelProto:
@@ -33,6 +40,10 @@ def load(path: str | os.PathLike[str]) -> onnx.ModelProto:
     if path.is_dir():
         raise InputError(f"{path} is a directory, not an ONNX model file", "name the .onnx file inside it")
     try:
+        if path.stat().st_size >= LAZY_FILE_SIZE:
+            model = _read_lazily(path)
+            _resolve_external(model, path.parent.resolve())
+            return model
         data = path.read_bytes()
     except OSError as e:
         raise InputError(f"cannot read {path}: {e.strerror}", "check the file's permissions") from None
@@ -40,6 +51,17 @@ def load(path: str | os.PathLike[str]) -> onnx.ModelProto:
     if b"location" in data:  # cheap test: no external data entry can exist without this key
         _resolve_external(model, path.parent.resolve())
     return model
+
+
+def _read_lazily(path: Path) -> onnx.ModelProto:
+    try:
+        model = wire.read_lazily(path, LAZY_TENSOR_SIZE)
+    except (ValueError, IndexError, DecodeError, RuntimeError):
+        raise InputError(
+            f"{path} is not an ONNX model: its bytes do not parse (truncated or another format)",
+            "re-export or re-download the model",
+        ) from None
+    return _check_parsed(model, str(path))
 
 
 def parse(data: bytes, what: str = "model") -> onnx.ModelProto:
@@ -52,6 +74,10 @@ def parse(data: bytes, what: str = "model") -> onnx.ModelProto:
             f"{what} is not an ONNX model: its bytes do not parse (truncated or another format)",
             "re-export or re-download the model",
         ) from None
+    return _check_parsed(model, what)
+
+
+def _check_parsed(model: onnx.ModelProto, what: str) -> onnx.ModelProto:
     # A truncated file can still parse when it ends on a field boundary; the graph and the
     # opset list are written before anything optional, so their absence gives it away.
     if model.ir_version <= 0 or not model.HasField("graph") or not model.opset_import:
@@ -223,12 +249,15 @@ def save(model: onnx.ModelProto, path: str | os.PathLike[str], external_data: bo
     if external_data is None:
         external_data = weight_bytes(model) > INLINE_LIMIT
     if not external_data:
-        return [_atomic_write(path, [to_bytes(model)])]
+        others = itertools.islice(iter_model_tensors(model), len(model.graph.initializer), None)
+        if any(is_external(t) for t in others):
+            model = materialize(model)  # rare: external tensors outside the initializers
+        return [_atomic_write(path, lambda f: wire.write_streaming(model, f, is_external, read_external))]
     data_path = path.with_name(path.name + ".data")
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    written = [_atomic_write(data_path, _move_to_external(out, data_path.name))]
-    written.append(_atomic_write(path, [out.SerializeToString()]))
+    written = [_atomic_write(data_path, lambda f: f.writelines(_move_to_external(out, data_path.name)))]
+    written.append(_atomic_write(path, lambda f: f.write(out.SerializeToString())))
     return written
 
 
@@ -261,7 +290,8 @@ def _mode_for(path: Path) -> int:
         return 0o666 & ~umask
 
 
-def _atomic_write(path: Path, chunks: Iterable[bytes]) -> Path:
+def _atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> Path:
+    """Write a file through ``write(f)`` under a temporary name, flush it, and rename it."""
     folder = path.parent if str(path.parent) else Path(".")
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
@@ -270,8 +300,7 @@ def _atomic_write(path: Path, chunks: Iterable[bytes]) -> Path:
     try:
         os.fchmod(fd, _mode_for(path))
         with os.fdopen(fd, "wb") as f:
-            for chunk in chunks:
-                f.write(chunk)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -1,0 +1,109 @@
+"""Big models: weights stay on disk until needed, so memory follows the piece."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper, numpy_helper
+
+import onnxsurgeon as osg
+from onnxsurgeon import serde
+
+
+def _chain(n_layers: int, width: int) -> onnx.ModelProto:
+    """x -> n_layers x (MatMul W_i, Add b_i, Relu) -> y, weights of width x width floats."""
+    rng = np.random.default_rng(0)
+    nodes, inits, prev = [], [], "x"
+    for i in range(n_layers):
+        w = (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)
+        inits += [numpy_helper.from_array(w, f"layers.{i}.W"), numpy_helper.from_array(np.zeros(width, np.float32), f"layers.{i}.b")]
+        nodes += [
+            helper.make_node("MatMul", [prev, f"layers.{i}.W"], [f"l{i}.o"]),
+            helper.make_node("Add", [f"l{i}.o", f"layers.{i}.b"], [f"l{i}.z"]),
+            helper.make_node("Relu", [f"l{i}.z"], [f"l{i}.y"]),
+        ]
+        prev = f"l{i}.y"
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", width])
+    y = helper.make_tensor_value_info(prev, onnx.TensorProto.FLOAT, ["N", width])
+    return helper.make_model(helper.make_graph(nodes, "chain", [x], [y], inits), opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+@pytest.fixture
+def lazy(monkeypatch):
+    """Read every model file lazily, leaving tensors of 1 KB or more in the file."""
+    monkeypatch.setattr(serde, "LAZY_FILE_SIZE", 0)
+    monkeypatch.setattr(serde, "LAZY_TENSOR_SIZE", 1024)
+
+
+def test_lazy_read_leaves_weights_in_the_file(lazy, fixture_path, tmp_path):
+    path = fixture_path("autoencoder.onnx")
+    model = osg.load(path)
+    big = [t for t in model.graph.initializer if serde.is_external(t)]
+    assert {t.name for t in big} >= {"L1.W", "L2.W", "result.W"}
+    assert all(dict((e.key, e.value) for e in t.external_data)["location"] == str(path.resolve()) for t in big)
+    eager = onnx.load(str(path))
+    for t in model.graph.initializer:
+        np.testing.assert_array_equal(serde.to_array(t), numpy_helper.to_array(next(e for e in eager.graph.initializer if e.name == t.name)))
+    piece, _ = osg.extract(model, inputs=["L2.y"], outputs=["L5.y"])
+    assert osg.verify(eager, piece).ok
+    for external in (False, True):
+        out = tmp_path / f"piece{external}.onnx"
+        osg.save(piece, out, external_data=external)
+        written = onnx.load(str(out))
+        onnx.checker.check_model(written, full_check=True)
+        assert osg.verify(eager, written).ok
+
+
+def test_lazy_read_refuses_a_damaged_file(lazy, fixture_path, tmp_path):
+    data = fixture_path("autoencoder.onnx").read_bytes()
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(osg.InputError, match="not an ONNX model"):
+        osg.load(bad)
+
+
+# Peak resident memory of a process that imports what a cut needs and does nothing else.
+# (VmHWM, not ru_maxrss: the latter survives exec and would report the test runner's peak.)
+BASELINE = (
+    "import onnxsurgeon.cut, onnxsurgeon.serde, onnx.shape_inference; "
+    "print(int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1]) * 1024)"
+)
+
+
+def test_memory_follows_the_piece(tmp_path):
+    """A 300 MB inline model, a cut holding 4 MB of weights: peak memory stays far below the
+    model's size (the whole file is never held in memory)."""
+    model = _chain(n_layers=75, width=1000)  # 75 x 4 MB
+    path = tmp_path / "big.onnx"
+    onnx.save(model, str(path))
+    assert path.stat().st_size > serde.LAZY_FILE_SIZE
+    script = textwrap.dedent(
+        f"""
+        import onnxsurgeon as osg
+        m = osg.load({str(path)!r})
+        piece, report = osg.extract(m, inputs=["l40.y"], outputs=["l41.y"])
+        osg.save(piece, {str(tmp_path / 'piece.onnx')!r})
+        hwm = next(l for l in open("/proc/self/status") if l.startswith("VmHWM"))
+        print(report.parameter_bytes, int(hwm.split()[1]) * 1024)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split()
+    piece_bytes, peak = int(out[0]), int(out[1])
+    baseline = subprocess.run(
+        [sys.executable, "-c", BASELINE],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    assert 4_004_000 <= piece_bytes < 4_010_000
+    assert peak - int(baseline) < piece_bytes * 3 + 50_000_000, (peak, baseline)
+    piece = osg.load(tmp_path / "piece.onnx")
+    x = {"l40.y": np.random.default_rng(0).standard_normal((2, 1000)).astype(np.float32)}
+    from onnxsurgeon import runtime
+
+    (got,) = runtime.session(piece).run(None, x)
+    w = serde.to_array(next(t for t in piece.graph.initializer if t.name == "layers.41.W"))
+    np.testing.assert_allclose(got, np.maximum(x["l40.y"] @ w, 0), rtol=1e-5, atol=1e-5)
