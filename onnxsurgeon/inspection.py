@@ -200,6 +200,7 @@ class InfoReport:
     mode: str | None
     frozen: int
     cut: dict[str, Any] | None
+    piece: dict[str, Any] | None = None  # what a cut would produce, when one is asked for
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -219,8 +220,24 @@ def _count_subgraph_nodes(graph: onnx.GraphProto) -> int:
     return total
 
 
-def info(model: onnx.ModelProto, /, path: str | os.PathLike[str] | None = None) -> InfoReport:
-    """A summary of a model: interface, versions, size, parameters, mode and provenance."""
+def info(
+    model: onnx.ModelProto,
+    /,
+    path: str | os.PathLike[str] | None = None,
+    inputs: list[str] | None = None,
+    outputs: list[str] | None = None,
+    mode: str = "learnable",
+) -> InfoReport:
+    """A summary of a model: interface, versions, size, parameters, mode and provenance.
+
+    With ``outputs`` (and ``inputs``), also what that cut would produce, found without
+    reading any weight: its nodes, its weight and graph bytes, and the memory writing it needs."""
+    piece = None
+    if outputs:
+        from onnxsurgeon.cut import extract
+
+        cut_model, report = extract(model, inputs=list(inputs or []), outputs=list(outputs), params=mode)
+        piece = {"nodes": len(report.nodes), "parameters": len(report.parameters), **serde.footprint(cut_model)}
     index = GraphIndex(model.graph)
     types = {n: vi.type for n, vi in index.value_info.items()}
     externals = sorted(
@@ -246,4 +263,5 @@ def info(model: onnx.ModelProto, /, path: str | os.PathLike[str] | None = None) 
         mode=meta.mode(model),
         frozen=sum(1 for x in p.params if x.state == "frozen"),
         cut=meta.cut(model),
+        piece=piece,
     )

@@ -232,6 +232,15 @@ def weight_bytes(model: onnx.ModelProto) -> int:
     return sum(_tensor_bytes(t) for t in model.graph.initializer)
 
 
+def footprint(model: onnx.ModelProto) -> dict[str, int]:
+    """What writing the model costs: its graph's bytes, its weights' bytes, and the memory
+    :func:`save` needs (the graph plus the largest tensor: weights are streamed one by one)."""
+    sizes = [_tensor_bytes(t) for t in iter_model_tensors(model)]
+    weights = sum(sizes)
+    graph = max(model.ByteSize() - sum(len(t.raw_data) for t in iter_model_tensors(model)), 0)
+    return {"graph_bytes": graph, "weight_bytes": weights, "memory_bytes": graph + max(sizes, default=0)}
+
+
 def save(model: onnx.ModelProto, path: str | os.PathLike[str], external_data: bool | None = None) -> list[Path]:
     """Write a model atomically and return the files written.
 

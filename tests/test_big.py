@@ -107,3 +107,14 @@ def test_memory_follows_the_piece(tmp_path):
     (got,) = runtime.session(piece).run(None, x)
     w = serde.to_array(next(t for t in piece.graph.initializer if t.name == "layers.41.W"))
     np.testing.assert_allclose(got, np.maximum(x["l40.y"] @ w, 0), rtol=1e-5, atol=1e-5)
+
+
+def test_info_sizes_a_cut_before_making_it(cli, fixture_path):
+    import json
+
+    code, out, _ = cli("info", fixture_path("autoencoder_external/autoencoder.onnx"), "--in", "input", "--out", "L4_y", "--json")
+    assert code == 0
+    piece = json.loads(out)["piece"]
+    assert piece["nodes"] == 12 and piece["parameters"] == 8
+    assert piece["weight_bytes"] == 4 * (64 * 48 + 48 + 48 * 32 + 32 + 32 * 24 + 24 + 24 * 16 + 16)
+    assert piece["memory_bytes"] < piece["weight_bytes"]  # weights are streamed one at a time

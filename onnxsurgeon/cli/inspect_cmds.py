@@ -62,14 +62,21 @@ def params(model: Model, as_json: Json = False) -> None:
 
 
 @app.command()
-def info(model: Model, as_json: Json = False) -> None:
-    """Summarise a model: inputs, outputs, versions, size, parameters, mode and provenance.
+def info(
+    model: Model,
+    inputs: Annotated[list[str] | None, typer.Option("--in", help="With --out: size a cut before making it.")] = None,
+    outputs: Annotated[list[str] | None, typer.Option("--out", help="The cut's outputs, as for extract.")] = None,
+    params: Annotated[str, typer.Option("--params", help="The cut's parameter mode.")] = "learnable",
+    as_json: Json = False,
+) -> None:
+    """Summarise a model: inputs, outputs, versions, size, parameters, mode and provenance;
+    with --in/--out, also the size of that piece and the memory cutting it needs.
 
-    Example: onnxsurgeon info fixtures/autoencoder.onnx
+    Example: onnxsurgeon info fixtures/autoencoder.onnx --in input --out L4_y
     """
     import onnxsurgeon as osg
 
-    report = osg.info(osg.load(model), path=model)
+    report = osg.info(osg.load(model), path=model, inputs=inputs, outputs=outputs, mode=params)
     if as_json:
         output.emit_json(report.to_dict())
         return
@@ -96,6 +103,13 @@ def info(model: Model, as_json: Json = False) -> None:
     )
     if report.mode:
         p(f"mode        {report.mode}", markup=False)
+    if report.piece:
+        pc = report.piece
+        p(
+            f"the cut     {pc['nodes']} nodes, {pc['parameters']} parameters, weights {output.size(pc['weight_bytes'])}, "
+            f"graph {output.size(pc['graph_bytes'])}; writing it needs about {output.size(pc['memory_bytes'])}",
+            markup=False,
+        )
     if report.cut:
         ins = ", ".join(f"{k}={v}" if k != v else k for k, v in report.cut.get("inputs", {}).items())
         outs = ", ".join(f"{k}={v}" if k != v else k for k, v in report.cut.get("outputs", {}).items())
