@@ -143,8 +143,9 @@ def verify(
             "verify a piece against the model it was cut from",
         )
 
-    feeds = dict(random_inputs(original, seed)) if data is None else {}
-    if data is not None:
+    if data is None:
+        feeds = random_inputs(original, seed)
+    else:
         absent = [n for n in index.inputs if n not in data]
         if absent:
             raise InputError(
