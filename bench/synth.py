@@ -4,8 +4,10 @@ The graph looks like what torch.onnx.export makes of a BERT-style encoder:
 node names such as ``/encoder/layer.3/attention/self/query/MatMul``, values
 such as ``/encoder/layer.3/attention/self/query/MatMul_output_0``, and
 initializers such as ``encoder.layer.3.attention.self.query.weight`` or
-``onnx::MatMul_1234``.  Weights are tiny (hidden=16), so the file size is
-dominated by the graph structure.  Opset 17, IR version 8: it passes
+``onnx::MatMul_1234``.  Weights are tiny by default (hidden=16), so the file
+size is dominated by the graph structure; ``--hidden`` and ``--layers`` make
+one where weights dominate (bench/bigmodel.py writes such big ones by
+streaming, without holding their weights in memory).  Opset 17, IR version 8: it passes
 onnx.checker and runs in onnxruntime 1.19.
 
 By default no intermediate value has a recorded type (graph.value_info is
@@ -85,26 +87,37 @@ class _Builder:
         arr = np.asarray(value)
         return self.op(scope, "Constant", [], value=numpy_helper.from_array(arr))
 
-    def init(self, name: str | None, arr: np.ndarray) -> str:
+    def name_param(self, name: str | None) -> str:
+        """The initializer's name: the torch parameter's, or onnx::MatMul_<n> if None."""
         if name is None:
             self.anon += 1
             name = f"onnx::MatMul_{self.anon}"
+        return name
+
+    def param(self, name: str | None, shape: tuple[int, ...], std: float | None = None, value: float = 0.0) -> str:
+        """A float32 initializer: normal values of standard deviation ``std``, or all
+        ``value`` if ``std`` is None.  Subclasses may record it instead of making it
+        (bench/bigmodel.py writes big weights by streaming)."""
+        arr = np.full(shape, value) if std is None else self.rng.standard_normal(shape) * std
+        return self.init(name, arr)
+
+    def init(self, name: str | None, arr: np.ndarray) -> str:
+        name = self.name_param(name)
         self.inits.append(numpy_helper.from_array(arr.astype(np.float32), name))
         return name
 
     def linear(self, scope: str, x: str, n_in: int, n_out: int, named_weight: bool) -> str:
         """MatMul + Add. Weight named like the torch parameter, or onnx::MatMul_N."""
         param = scope.strip("/").replace("/", ".")
-        w = self.rng.standard_normal((n_in, n_out)) / math.sqrt(n_in)
-        w_name = self.init(f"{param}.weight" if named_weight else None, w)
-        b_name = self.init(f"{param}.bias", self.rng.standard_normal(n_out) * 0.02)
+        w_name = self.param(f"{param}.weight" if named_weight else None, (n_in, n_out), std=1 / math.sqrt(n_in))
+        b_name = self.param(f"{param}.bias", (n_out,), std=0.02)
         y = self.op(scope, "MatMul", [x, w_name])
         return self.op(scope, "Add", [b_name, y])
 
     def layernorm(self, scope: str, x: str, fused: bool, out: str | None = None) -> str:
         param = scope.strip("/").replace("/", ".")
-        gamma = self.init(f"{param}.weight", np.ones(self.hidden))
-        beta = self.init(f"{param}.bias", np.zeros(self.hidden))
+        gamma = self.param(f"{param}.weight", (self.hidden,), value=1.0)
+        beta = self.param(f"{param}.bias", (self.hidden,), value=0.0)
         if fused:
             return self.op(scope, "LayerNormalization", [x, gamma, beta], out, axis=-1, epsilon=1e-12)
         mean = self.op(scope, "ReduceMean", [x], axes=[-1])
@@ -169,31 +182,48 @@ def record_types(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def make_transformer(num_nodes: int, hidden: int = 16, seed: int = 0,
                      layernorm: str = "primitive", ffn_mult: int = 2,
-                     value_info: bool = False) -> onnx.ModelProto:
+                     value_info: bool = False, layers: int | None = None) -> onnx.ModelProto:
     """Stack encoder layers until the graph has about ``num_nodes`` nodes.
 
     ``layernorm`` is "primitive" (ReduceMean/Sub/Pow/... as exported by older
     torch) or "fused" (the LayerNormalization op).  The number of layers and the
     layernorm style are stored in metadata_props (see ``middle_slice``).
     The FFN is ``ffn_mult * hidden`` wide (BERT uses 4; 2 keeps weights small).
+    ``layers``, if given, is the exact number of layers (``num_nodes`` is then
+    ignored); with a large ``hidden`` the weights dominate the file (each layer
+    holds (4 + 2 * ffn_mult) * hidden**2 floats).
     ``value_info=False`` records no intermediate types (TorchScript exporter);
     ``True`` records all of them in graph.value_info (dynamo exporter), see
     ``record_types``.
     """
-    if layernorm not in ("primitive", "fused"):
-        raise ValueError("layernorm must be 'primitive' or 'fused'")
     if hidden % HEADS:
         raise ValueError(f"hidden must be a multiple of {HEADS}")
-    b = _Builder(hidden, ffn_mult * hidden, seed)
+    model = build_transformer(_Builder(hidden, ffn_mult * hidden, seed), num_nodes, layernorm, layers)
+    return record_types(model) if value_info else model
+
+
+def build_transformer(b: _Builder, num_nodes: int, layernorm: str = "primitive",
+                      layers: int | None = None) -> onnx.ModelProto:
+    """The model of ``make_transformer``, made with builder ``b``.  Afterwards
+    ``b.bounds[i]`` is (number of nodes, number of initializers) once layer ``i``
+    is built, so layer ``i``'s nodes are ``b.nodes[b.bounds[i - 1][0]:b.bounds[i][0]]``."""
+    if layernorm not in ("primitive", "fused"):
+        raise ValueError("layernorm must be 'primitive' or 'fused'")
+    hidden = b.hidden
     fused = layernorm == "fused"
 
     # Build one layer to learn its size, then the rest (the last one is
     # renamed so that its output is the graph output).
     x = b.layer(0, GRAPH_INPUT, fused)
+    b.bounds = [(len(b.nodes), len(b.inits))]
     per_layer = len(b.nodes)
-    layers = max(2, round(num_nodes / per_layer))
+    if layers is None:
+        layers = max(2, round(num_nodes / per_layer))
+    if layers < 2:
+        raise ValueError("a model needs at least 2 layers")
     for i in range(1, layers):
         x = b.layer(i, x, fused, out=GRAPH_OUTPUT if i == layers - 1 else None)
+        b.bounds.append((len(b.nodes), len(b.inits)))
 
     graph = helper.make_graph(
         b.nodes,
@@ -210,13 +240,15 @@ def make_transformer(num_nodes: int, hidden: int = 16, seed: int = 0,
         producer_version="2.1.0",
     )
     helper.set_model_props(model, {"synth.num_layers": str(layers), "synth.layernorm": layernorm})
-    return record_types(model) if value_info else model
+    return model
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--nodes", type=int, default=10000, help="approximate node count")
-    ap.add_argument("--hidden", type=int, default=16)
+    ap.add_argument("--hidden", type=int, default=16, help="width; weights grow with its square")
+    ap.add_argument("--layers", type=int, help="exact number of layers (overrides --nodes)")
+    ap.add_argument("--ffn-mult", type=int, default=2, help="FFN width / hidden (BERT: 4)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--layernorm", choices=["primitive", "fused"], default="primitive")
     ap.add_argument("--value-info", action="store_true",
@@ -226,7 +258,8 @@ def main() -> None:
     args = ap.parse_args()
 
     t0 = time.perf_counter()
-    model = make_transformer(args.nodes, args.hidden, args.seed, args.layernorm, value_info=args.value_info)
+    model = make_transformer(args.nodes, args.hidden, args.seed, args.layernorm, args.ffn_mult,
+                             value_info=args.value_info, layers=args.layers)
     t1 = time.perf_counter()
     onnx.save(model, args.output)
     t2 = time.perf_counter()
