@@ -15,14 +15,19 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
-    # The consoles are made on first use, so that --help never imports rich.
+    # The consoles are made on first use, so that --help never imports rich. Code in this
+    # module reaches them through _console(): a module's own globals bypass __getattr__.
     if name in ("out", "err"):
+        return _console(name)
+    raise AttributeError(name)
+
+
+def _console(name: str) -> Console:
+    if name not in globals():
         from rich.console import Console
 
-        console = Console(stderr=name == "err", highlight=False, soft_wrap=True)
-        globals()[name] = console
-        return console
-    raise AttributeError(name)
+        globals()[name] = Console(stderr=name == "err", highlight=False, soft_wrap=True)
+    return globals()[name]
 
 
 def emit_json(data: Any) -> None:
@@ -30,7 +35,7 @@ def emit_json(data: Any) -> None:
 
 
 def warn(message: str) -> None:
-    err.print(f"warning: {message}", markup=False)
+    _console("err").print(f"warning: {message}", markup=False)
 
 
 def table(*columns: str, title: str | None = None) -> Table:
