@@ -10,7 +10,7 @@ import pytest
 
 import onnxsurgeon as osg
 
-COMMANDS = ["extract", "verify", "nodes", "params", "info", "compose"]
+COMMANDS = ["extract", "verify", "nodes", "params", "info", "compose", "train", "eval", "run", "transfer"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -45,6 +45,11 @@ def test_extract_json_shows_how_names_resolved(cli, fixture_path, tmp_path):
     data = json.loads(out)
     assert data["inputs"][0]["name"] == "feat" and data["inputs"][0]["value"] == "input"
     assert data["outputs"][0]["resolved"] == {"query": "L4_y", "value": "L4.y", "how": "alias"}
+
+
+def test_warnings_go_to_stderr(cli, fixture_path, tmp_path):
+    code, out, err = cli("extract", fixture_path("two_io.onnx"), "--in", "a", "--in", "b", "--out", "a1", "-o", tmp_path / "p.onnx")
+    assert code == 0 and "warning: input 'b' is not needed by any output" in err and "warning:" not in out
 
 
 def test_dry_run_writes_nothing(cli, fixture_path, tmp_path):

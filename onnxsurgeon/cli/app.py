@@ -35,6 +35,6 @@ def _root(
     """Cut pieces out of trained ONNX models, freeze or share their parameters, and check them."""
 
 
-from onnxsurgeon.cli import compose_cmds, cut_cmds, inspect_cmds  # noqa: E402  (commands register on import)
+from onnxsurgeon.cli import compose_cmds, cut_cmds, inspect_cmds, train_cmds  # noqa: E402  (commands register on import)
 
 __all__ = ["app", "click", "compose_cmds", "cut_cmds", "inspect_cmds"]

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -221,35 +222,110 @@ def make_artifacts(
         raise InputError(f"the model already has an input named {LABEL_INPUT[loss]!r}, which the {loss} loss adds")
 
     artifacts = ort.artifacts()
+    _generate(
+        prepare_for_gradients(loadable(model)),
+        out_dir,
+        requires_grad=list(trainable),
+        frozen_params=list(frozen),
+        loss=artifacts.LossType.MSELoss if loss == "mse" else artifacts.LossType.CrossEntropyLoss,
+        optimizer=artifacts.OptimType.SGD if optimizer == "sgd" else artifacts.OptimType.AdamW,
+        loss_input_names=[output],
+    )
+    out = Path(out_dir)
+    return ArtifactPaths(*(out / name for name in FILES), label_input=LABEL_INPUT[loss])
+
+
+def _generate(model: onnx.ModelProto, out_dir: str | os.PathLike, **options) -> list[str]:
+    """generate_artifacts into a scratch folder inside `out_dir`, quiet, IR clamped; the files
+    are moved into place only once all were written. Returns the names written."""
+    artifacts = ort.artifacts()
     import onnxruntime.training.onnxblock._training_graph_utils as training_graph_utils
 
-    model = prepare_for_gradients(loadable(model))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=".artifacts-", dir=out))
     try:
         with _quiet_graph_builders(training_graph_utils):
             try:
-                artifacts.generate_artifacts(
-                    model,
-                    requires_grad=list(trainable),
-                    frozen_params=list(frozen),
-                    loss=artifacts.LossType.MSELoss if loss == "mse" else artifacts.LossType.CrossEntropyLoss,
-                    optimizer=artifacts.OptimType.SGD if optimizer == "sgd" else artifacts.OptimType.AdamW,
-                    artifact_directory=scratch,
-                    loss_input_names=[output],
-                )
+                artifacts.generate_artifacts(model, artifact_directory=scratch, **options)
             except Exception as e:  # onnx/onnxruntime raise their own types (Fail, RuntimeError, ...)
-                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                raise InputError(f"onnxruntime-training cannot build a training graph for the model: {first}") from None
-        for name in FILES[:3]:
-            path = scratch / name
-            written = onnx.load(path)
-            if written.ir_version > MAX_IR:
-                written.ir_version = MAX_IR
-                onnx.save(written, path)
-        for name in FILES:
+                raise _generation_error(e, model) from None
+        written = [name for name in FILES if (scratch / name).exists()]
+        for name in written:
+            if name.endswith(".onnx"):
+                path = scratch / name
+                model_file = onnx.load(path)
+                if model_file.ir_version > MAX_IR:
+                    model_file.ir_version = MAX_IR
+                    onnx.save(model_file, path)
+        for name in written:
             os.replace(scratch / name, out / name)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return ArtifactPaths(*(out / name for name in FILES), label_input=LABEL_INPUT[loss])
+    return written
+
+
+_NOT_REGISTERED = re.compile(r"gradient builder has not been registered: ?(\S+)(?: for node (\S*))?")
+
+
+def _generation_error(e: Exception, model: onnx.ModelProto) -> InputError:
+    text = str(e).strip()
+    m = _NOT_REGISTERED.search(text)
+    if m:
+        op = m.group(1)
+        nodes = [n.name or n.output[0] for n in model.graph.node if n.op_type == op]
+        where = f" (node{'s' if len(nodes) > 1 else ''} {', '.join(repr(n) for n in nodes[:5])})" if nodes else ""
+        return InputError(
+            f"onnxruntime-training has no gradient for {op}{where}, which lies between trained parameters and the loss",
+            "freeze the parameters in front of it (--freeze PATTERN), or cut that part out with extract --params constant",
+        )
+    lines = [line for line in text.splitlines() if line.strip()]
+    first = lines[0] if lines else type(e).__name__
+    detail = re.search(r"\[ONNXRuntimeError\][^\n]*", text)
+    return InputError(f"onnxruntime-training cannot build a training graph for the model: {detail.group(0) if detail else first}")
+
+
+def build(
+    model: onnx.ModelProto,
+    trainable: list[str],
+    running_stats: list[str],
+    out_dir: str | os.PathLike,
+    adamw: dict[str, float] | None = None,
+) -> ArtifactPaths:
+    """Artifacts for a model whose first output is the loss (later outputs are passed through).
+
+    `trainable` get gradients; `running_stats` are state onnxruntime updates but never trains
+    (BatchNormalization statistics); every other initializer stays a constant inside the
+    graphs. With `adamw` (keys lr-free: beta1, beta2, eps, weight_decay) an optimizer model
+    is written for onnxruntime's AdamW in torch's form (adam_mode 0); without, none is.
+    """
+    if not trainable:
+        raise InputError("nothing to train: no parameter reaches the loss", "check --freeze and the metadata's frozen list")
+    artifacts = ort.artifacts()
+    _generate(
+        model,
+        out_dir,
+        requires_grad=list(trainable),
+        frozen_params=list(running_stats),
+        loss=None,
+        optimizer=artifacts.OptimType.AdamW if adamw is not None else None,
+    )
+    out = Path(out_dir)
+    if adamw is not None:
+        path = out / "optimizer_model.onnx"
+        optimizer = onnx.load(path)
+        (node,) = [n for n in optimizer.graph.node if n.op_type == "AdamWOptimizer"]
+        settings = {
+            "alpha": float(adamw["beta1"]),
+            "beta": float(adamw["beta2"]),
+            "epsilon": float(adamw["eps"]),
+            "weight_decay": float(adamw["weight_decay"]),
+            "adam_mode": 0,  # torch.optim.AdamW; 1 (the default) is the transformers variant
+            "correct_bias": 1,
+        }
+        kept = [a for a in node.attribute if a.name not in settings]
+        del node.attribute[:]
+        node.attribute.extend(kept)
+        node.attribute.extend(onnx.helper.make_attribute(k, v) for k, v in settings.items())
+        onnx.save(optimizer, path)
+    return ArtifactPaths(*(out / name for name in FILES), label_input="")

@@ -1,0 +1,525 @@
+"""Training a model on with onnxruntime-training: the run from data to trained model.
+
+:func:`train` prepares the model (:mod:`~onnxsurgeon.train.prepare`), compiles the loss and
+metrics into it (:mod:`~onnxsurgeon.train.losses`), checks the data, builds the training
+artifacts in a temporary folder, runs the steps and writes the trained values back into
+the *original* model (modes and metadata kept), so that the result can be cut, composed and
+trained again.
+
+Exact resume: everything a step depends on is either stored in the checkpoint (parameters,
+updated statistics, optimizer state, the epoch's running sums) or a pure function of the
+seed and the step (the order of examples, the learning rate, the Dropout masks, for which
+onnxruntime's random generator is re-seeded before every step). One thread by default:
+onnxruntime's sums are then computed in a fixed order.
+
+The library never prints: it reports through the optional ``progress`` callback, which
+receives one dict per event (``start``, ``step``, ``epoch``, ``checkpoint``, ``warning``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from onnxsurgeon import __version__
+from onnxsurgeon.errors import InputError
+from onnxsurgeon.expr import TensorType
+from onnxsurgeon.train import artifacts, checkpoint, data as data_mod, losses, ort, prepare, weights
+from onnxsurgeon.train.optim import SGD, Buffers, OptimizerSettings, Schedule, clip_, l2_
+
+Progress = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Everything that decides a run (the CLI's options)."""
+
+    loss: str
+    metrics: tuple[str, ...] = ()
+    optimizer: OptimizerSettings = field(default_factory=OptimizerSettings)
+    schedule: Schedule = field(default_factory=Schedule)
+    epochs: int = 1
+    batch_size: int = 32
+    seed: int = 0
+    shuffle: bool = True
+    freeze: tuple[str, ...] = ()
+    checkpoint_dir: str | None = None
+    checkpoint_every: int | None = None
+    keep: int | None = 3  # None keeps every checkpoint
+    resume: bool = False
+    max_steps: int | None = None  # stop this run after so many steps (resume later)
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.epochs < 1:
+            problems.append(f"--epochs must be at least 1, not {self.epochs}")
+        if self.batch_size < 1:
+            problems.append(f"--batch-size must be at least 1, not {self.batch_size}")
+        if self.checkpoint_every is not None and self.checkpoint_every < 1:
+            problems.append(f"--checkpoint-every must be at least 1, not {self.checkpoint_every}")
+        if self.keep is not None and self.keep < 1:
+            problems.append(f"--keep must be at least 1 or 'all', not {self.keep}")
+        if self.max_steps is not None and self.max_steps < 0:
+            problems.append("--max-steps must be >= 0")
+        if self.threads < 1:
+            problems.append("--threads must be at least 1")
+        if (self.resume or self.checkpoint_every) and not self.checkpoint_dir:
+            problems.append("--resume and --checkpoint-every need --checkpoint-dir DIR")
+        if problems:
+            raise InputError("; ".join(problems))
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    """The means of one epoch: loss and metrics on the training data, and on validation data."""
+
+    epoch: int  # 1-based
+    steps: int
+    examples: int
+    loss: float
+    metrics: dict[str, float]
+    val: dict[str, float] | None
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch, "steps": self.steps, "examples": self.examples, "loss": self.loss,
+            "metrics": dict(self.metrics), "val": dict(self.val) if self.val is not None else None,
+            "seconds": round(self.seconds, 4),
+        }
+
+
+@dataclass(frozen=True)
+class TrainReport:
+    """What a run did."""
+
+    steps: int  # the total step count reached (over all runs)
+    steps_run: int  # steps this run took
+    epochs_done: float
+    epochs: int
+    finished: bool
+    interrupted: bool
+    seconds: float
+    examples_per_second: float
+    plan: prepare.TrainPlan
+    objective: losses.Objective
+    optimizer: OptimizerSettings
+    schedule: Schedule
+    data: data_mod.Dataset
+    val: data_mod.Dataset | None
+    history: tuple[EpochResult, ...]
+    resumed_from: str | None
+    checkpoints: tuple[str, ...]
+    graph_sha256: str
+    warnings: tuple[str, ...]
+
+    @property
+    def final(self) -> EpochResult | None:
+        return self.history[-1] if self.history else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "steps": self.steps, "steps_run": self.steps_run, "epochs_done": self.epochs_done, "epochs": self.epochs,
+            "finished": self.finished, "interrupted": self.interrupted, "seconds": round(self.seconds, 3),
+            "examples_per_second": round(self.examples_per_second, 1),
+            "plan": self.plan.to_dict(), "objective": self.objective.to_dict(),
+            "optimizer": self.optimizer.to_dict(), "schedule": self.schedule.to_dict(),
+            "data": self.data.to_dict(), "val": self.val.to_dict() if self.val else None,
+            "history": [e.to_dict() for e in self.history], "resumed_from": self.resumed_from,
+            "checkpoints": list(self.checkpoints), "graph_sha256": self.graph_sha256, "warnings": list(self.warnings),
+        }
+
+
+@dataclass(frozen=True)
+class Compiled:
+    """The training graph: the prepared model with the loss and metrics, and the plan."""
+
+    model: onnx.ModelProto
+    objective: losses.Objective
+    plan: prepare.TrainPlan
+    wanted: dict[str, TensorType]  # what the data must hold
+    sha256: str
+
+
+def compile_training(model: onnx.ModelProto, /, arrays: Mapping[str, np.ndarray], loss: str, metrics: tuple[str, ...] = (), freeze: tuple[str, ...] = ()) -> Compiled:
+    """Prepare `model`, compile `loss` and `metrics` into it and decide what is trained."""
+    frozen = prepare.frozen_names(model, freeze)
+    prepared, prep = prepare.prepare(model, frozen)
+    params = prepare.candidates(prepared, frozen, prep.running_stats)
+    read = losses.names_read([loss, *metrics])
+    model_values, data_names, missing = losses.split_names(prepared, read, arrays)
+    if missing:
+        raise losses.unknown_names_error(missing, prepared, arrays, "the data")
+    batch = losses.batch_symbol(prepared)
+    float_elem = _float_elem(prepared)
+    types = {n: losses.data_type(np.asarray(arrays[n]), float_elem, batch) for n in data_names}
+    objective_model, objective = losses.compile_objective(prepared, loss, metrics, types, params)
+    plan = prepare.plan(objective_model, objective.loss_output or "", params, prep)
+    inits = {t.name for t in objective_model.graph.initializer}
+    wanted: dict[str, TensorType] = {}
+    for v in objective_model.graph.input:
+        if v.name in inits:
+            continue
+        t = TensorType.from_proto(v.type)
+        if t is None:
+            raise InputError(f"graph input {v.name!r} is not a tensor; training reads tensors only")
+        wanted[v.name] = t
+    digest = hashlib.sha256(objective_model.SerializeToString())
+    digest.update(repr((plan.trainable, plan.running_stats)).encode())
+    return Compiled(objective_model, objective, plan, wanted, digest.hexdigest())
+
+
+def _float_elem(model: onnx.ModelProto) -> int:
+    for t in model.graph.initializer:
+        if t.data_type in losses.FLOATS and len(t.dims) >= 1:
+            return t.data_type
+    return onnx.TensorProto.FLOAT
+
+
+def step_seed(seed: int, step: int) -> int:
+    """The seed of onnxruntime's random generator (Dropout masks) for one step: a
+    splitmix64 mix of the run's seed and the step, so that nearby steps get unrelated seeds."""
+    z = (seed * 0x9E3779B97F4A7C15 + step + 1) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return (z ^ (z >> 31)) & 0x7FFFFFFF
+
+
+def train(
+    model: onnx.ModelProto,
+    /,
+    data: Mapping[str, np.ndarray],
+    settings: TrainSettings,
+    *,
+    val: Mapping[str, np.ndarray] | None = None,
+    data_label: str = "the training data",
+    val_label: str = "the validation data",
+    progress: Progress | None = None,
+    stop: Callable[[], bool] | None = None,
+) -> tuple[onnx.ModelProto, TrainReport]:
+    """Train `model` on `data` (arrays named after graph inputs and loss names) and return the
+    model with its trained parameters, and a report. `stop` is asked before every step; when
+    it says yes the run checkpoints and ends (``report.interrupted``)."""
+    compiled = compile_training(model, data, settings.loss, settings.metrics, settings.freeze)
+    train_set = data_mod.check(data, compiled.wanted, data_label, settings.batch_size)
+    val_set = data_mod.check(val, compiled.wanted, val_label) if val is not None else None
+    with tempfile.TemporaryDirectory(prefix="onnxsurgeon-train-") as work:
+        paths = artifacts.build(
+            compiled.model, list(compiled.plan.trainable), list(compiled.plan.running_stats), work,
+            settings.optimizer.ort_adamw(),
+        )
+        run = _Run(paths, compiled, settings, train_set, val_set, progress or (lambda e: None), stop, Path(work))
+        run.start()
+        run.loop()
+        values = run.values()
+        report = run.report()
+    record = {
+        "steps": report.steps, "epochs": report.epochs_done, "loss": settings.loss,
+        "optimizer": settings.optimizer.to_dict(), "graph_sha256": compiled.sha256, "onnxsurgeon": __version__,
+    }
+    return weights.write_back(model, values, record), report
+
+
+class _Run:
+    """The sessions and counters of one run."""
+
+    def __init__(self, paths, compiled: Compiled, settings: TrainSettings, train_set, val_set, progress: Progress, stop, work: Path) -> None:
+        self.paths, self.compiled, self.settings = paths, compiled, settings
+        self.train_set, self.val_set = train_set, val_set
+        self.progress, self.stop, self.work = progress, stop, work
+        self.api = ort.api()
+        self.spe = data_mod.steps_per_epoch(train_set.examples, settings.batch_size)
+        self.total = settings.epochs * self.spe
+        self.step = self.epoch = self.batch = 0
+        self.sums = self._zero_sums()
+        self.history: list[EpochResult] = []
+        self.warnings: list[str] = []
+        self.written: list[str] = []
+        self.last_saved = -1
+        self.resumed_from: str | None = None
+        self.interrupted = False
+        self.steps_run = 0
+        self.run_examples = 0
+        self.started = time.perf_counter()
+        self.run_seconds = 0.0
+        self.epoch_started = self.started
+
+    # --- set-up -----------------------------------------------------------------------------
+
+    def _zero_sums(self) -> dict[str, Any]:
+        return {"examples": 0, "steps": 0, "loss": 0.0, "metrics": [0.0] * len(self.compiled.objective.metrics), "seconds": 0.0}
+
+    def _open(self, checkpoint_path: Path) -> None:
+        options = ort.session_options()
+        options.intra_op_num_threads = self.settings.threads
+        self.state = self.api.CheckpointState.load_checkpoint(checkpoint_path)
+        self.module = self.api.Module(str(self.paths.training_model), self.state, str(self.paths.eval_model), session_options=options)
+        self.optimizer = None
+        if self.settings.optimizer.name != "sgd":
+            self.optimizer = self.api.Optimizer(str(self.paths.optimizer_model), self.module)
+        trainable = list(self.compiled.plan.trainable)
+        self.buffers = Buffers(self.state, trainable)
+        self.sgd = SGD(self.settings.optimizer, self.buffers) if self.optimizer is None else None
+        self.train_inputs = self.module.input_names()
+        self.module.eval()
+        self.eval_inputs = self.module.input_names()
+        eval_outputs = self.module.output_names()
+        self.module.train()
+        outputs = self.module.output_names()
+        obj = self.compiled.objective
+        self.metric_index = [outputs.index(v) for _, v in obj.metrics]
+        self.eval_metric_index = [eval_outputs.index(v) for _, v in obj.metrics]
+        missing = [n for n in self.train_inputs if n not in self.train_set.arrays]
+        if missing:  # check() covered the graph's inputs; this is a bug if it happens
+            raise RuntimeError(f"training model reads {missing}, which the data check did not provide")
+
+    def start(self) -> None:
+        folder = self.settings.checkpoint_dir
+        if folder is not None:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+        found = None
+        if self.settings.resume:
+            found, warnings = checkpoint.newest_intact(folder)  # type: ignore[arg-type]
+            for w in warnings:
+                self._warn(w)
+            if found is None:
+                self._warn(f"no checkpoint in {folder} to resume from; starting from the beginning")
+        if found is None:
+            self._open(self.paths.checkpoint)
+        else:
+            self._check_fits(found)
+            blob = self.work / "resume_state"
+            blob.write_bytes(found.ort_state)
+            self._open(blob)
+            if self.sgd is not None and self.sgd.momentum:
+                self.sgd.load(found.arrays)
+            m = found.meta
+            self.step, self.epoch, self.batch = int(m["step"]), int(m["epoch"]), int(m["batch"])
+            self.sums = m["epoch_sums"]
+            self.history = [EpochResult(**e) for e in m.get("history", [])]
+            self.resumed_from = str(found.path)
+        self.progress({
+            "event": "start", "step": self.step, "epoch": self.epoch, "total_steps": self.total,
+            "steps_per_epoch": self.spe, "epochs": self.settings.epochs, "resumed_from": self.resumed_from,
+            "trainable": list(self.compiled.plan.trainable),
+        })
+
+    def _expected(self) -> dict[str, Any]:
+        s = self.settings
+        return {
+            "examples": self.train_set.examples, "batch_size": s.batch_size, "seed": s.seed, "shuffle": s.shuffle,
+            "optimizer": s.optimizer.name, "momentum": bool(s.optimizer.name == "sgd" and s.optimizer.momentum),
+        }
+
+    def _check_fits(self, found: checkpoint.Checkpoint) -> None:
+        m = found.meta
+        have = {k: tuple(v) for k, v in m.get("parameters", {}).items()}
+        want = self._parameter_shapes()
+        missing = sorted(set(want) - set(have))
+        unexpected = sorted(set(have) - set(want))
+        shapes = sorted(f"{k} {list(have[k])} (model {list(want[k])})" for k in set(have) & set(want) if have[k] != want[k])
+        if missing or unexpected or shapes:
+            parts = []
+            if missing:
+                parts.append("not in the checkpoint: " + ", ".join(missing))
+            if unexpected:
+                parts.append("not trained in this model: " + ", ".join(unexpected))
+            if shapes:
+                parts.append("other shapes: " + ", ".join(shapes))
+            raise InputError(
+                f"checkpoint {found.path} does not fit the model:\n" + "\n".join(f"  - {p}" for p in parts),
+                "resume with the model, loss and --freeze it was written for, or start afresh in another "
+                "--checkpoint-dir (onnxsurgeon transfer copies parameters across)",
+            )
+        if m.get("graph_sha256") != self.compiled.sha256:
+            what = []
+            if m.get("loss") != self.settings.loss:
+                what.append(f"the loss was {m.get('loss')!r}")
+            if list(m.get("metrics", [])) != list(self.settings.metrics):
+                what.append(f"the metrics were {m.get('metrics')}")
+            raise InputError(
+                f"checkpoint {found.path} was written for another training graph"
+                + (f" ({'; '.join(what)})" if what else " (the model changed)"),
+                "resume with the same model, loss and metrics, or start afresh in another --checkpoint-dir",
+            )
+        before = m.get("settings", {})
+        differ = [f"{k} {before.get(k)!r} (now {v!r})" for k, v in self._expected().items() if before.get(k) != v]
+        if differ:
+            raise InputError(
+                f"checkpoint {found.path} was written by a run with other settings: {', '.join(differ)}",
+                "an exact resume needs the same data, --batch-size, --seed and optimizer",
+            )
+
+    def _parameter_shapes(self) -> dict[str, tuple[int, ...]]:
+        inits = {t.name: tuple(t.dims) for t in self.compiled.model.graph.initializer}
+        names = [*self.compiled.plan.trainable, *self.compiled.plan.running_stats]
+        return {n: inits[n] for n in names}
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    def loop(self) -> None:
+        s = self.settings
+        opt = s.optimizer
+        budget = s.max_steps
+        import onnxruntime
+
+        obj = self.compiled.objective
+        metric_names = [t for t, _ in obj.metrics]
+        while self.epoch < s.epochs:
+            if self.batch == 0 and self.sums["steps"] == 0:
+                self.epoch_started = time.perf_counter()
+            for b, idx in data_mod.batches(self.train_set.examples, s.batch_size, s.seed, self.epoch, self.batch, s.shuffle):
+                if budget is not None and self.steps_run >= budget:
+                    self._stopped()
+                    return
+                if self.stop is not None and self.stop():
+                    self.interrupted = True
+                    self._stopped()
+                    return
+                t0 = time.perf_counter()
+                batch = self.train_set.batch(idx)
+                feeds = [batch[n] for n in self.train_inputs]
+                lr = opt.lr * s.schedule.factor(self.step, self.total)
+                onnxruntime.set_seed(step_seed(s.seed, self.step))
+                outs = self.module(*feeds)
+                outs = outs if isinstance(outs, tuple) else (outs,)
+                loss = float(outs[0])
+                if not math.isfinite(loss):
+                    raise InputError(
+                        f"the loss is {loss} at step {self.step + 1} (epoch {self.epoch + 1}): training diverged",
+                        "lower --lr, add --clip-norm, or check the data for inf/nan",
+                    )
+                if opt.clip_norm is not None:
+                    clip_(self.buffers.grads, opt.clip_norm)
+                if self.optimizer is not None:
+                    if opt.name == "adam":
+                        l2_(self.buffers.grads, self.buffers.params, opt.decay)
+                    self.optimizer.set_learning_rate(lr)
+                    self.optimizer.step()
+                else:
+                    l2_(self.buffers.grads, self.buffers.params, opt.decay)
+                    self.sgd.step(lr)  # type: ignore[union-attr]
+                self.module.lazy_reset_grad()
+                n = len(idx)
+                self.step += 1
+                self.steps_run += 1
+                self.run_examples += n
+                self.batch = b + 1
+                self.sums["examples"] += n
+                self.sums["steps"] += 1
+                self.sums["loss"] += loss * n
+                values = [float(outs[i]) for i in self.metric_index]
+                for k, v in enumerate(values):
+                    self.sums["metrics"][k] += v * n
+                dt = time.perf_counter() - t0
+                self.run_seconds += dt
+                self.sums["seconds"] += dt
+                self.progress({
+                    "event": "step", "step": self.step, "epoch": self.epoch + 1, "batch": self.batch,
+                    "batches": self.spe, "loss": loss, "lr": lr, "examples": n,
+                    "metrics": dict(zip(metric_names, values)), "seconds": dt,
+                })
+                if s.checkpoint_every and self.step % s.checkpoint_every == 0 and self.batch < self.spe:
+                    self._checkpoint()
+            self._end_epoch()
+
+    def _end_epoch(self) -> None:
+        sums = self.sums
+        count = max(sums["examples"], 1)
+        names = [t for t, _ in self.compiled.objective.metrics]
+        val = self.evaluate() if self.val_set is not None else None
+        result = EpochResult(
+            epoch=self.epoch + 1, steps=sums["steps"], examples=sums["examples"], loss=sums["loss"] / count,
+            metrics={n: v / count for n, v in zip(names, sums["metrics"])}, val=val, seconds=sums["seconds"],
+        )
+        self.history.append(result)
+        self.epoch += 1
+        self.batch = 0
+        self.sums = self._zero_sums()
+        self.progress(dict(result.to_dict(), event="epoch", step=self.step))
+        if self.settings.checkpoint_dir is not None:
+            self._checkpoint()
+
+    def _stopped(self) -> None:
+        if self.settings.checkpoint_dir is not None and self.steps_run > 0 and self.last_saved != self.step:
+            self._checkpoint()
+
+    def evaluate(self) -> dict[str, float]:
+        """Loss and metrics on the validation data, with the eval model (inference mode)."""
+        obj = self.compiled.objective
+        self.module.eval()
+        total, loss_sum, metric_sums = 0, 0.0, [0.0] * len(obj.metrics)
+        try:
+            for _, idx in data_mod.batches(self.val_set.examples, self.settings.batch_size, 0, 0, shuffle=False):
+                batch = self.val_set.batch(idx)
+                outs = self.module(*[batch[n] for n in self.eval_inputs])
+                outs = outs if isinstance(outs, tuple) else (outs,)
+                n = len(idx)
+                total += n
+                loss_sum += float(outs[0]) * n
+                for k, i in enumerate(self.eval_metric_index):
+                    metric_sums[k] += float(outs[i]) * n
+        finally:
+            self.module.train()
+        result = {"loss": loss_sum / max(total, 1)}
+        result.update({t: v / max(total, 1) for (t, _), v in zip(obj.metrics, metric_sums)})
+        return result
+
+    # --- checkpoints and results --------------------------------------------------------------
+
+    def _checkpoint(self) -> None:
+        folder = Path(self.settings.checkpoint_dir)  # type: ignore[arg-type]
+        tmp = folder / f".ort-state-{self.step}.tmp"
+        try:
+            self.api.CheckpointState.save_checkpoint(self.state, tmp, include_optimizer_state=self.optimizer is not None)
+            blob = tmp.read_bytes()
+        finally:
+            tmp.unlink(missing_ok=True)
+        s = self.settings
+        meta = {
+            "epoch": self.epoch, "batch": self.batch, "epoch_sums": self.sums,
+            "history": [e.to_dict() for e in self.history],
+            "graph_sha256": self.compiled.sha256, "loss": s.loss, "metrics": list(s.metrics),
+            "settings": self._expected(), "epochs": s.epochs,
+            "optimizer_settings": s.optimizer.to_dict(), "schedule": s.schedule.to_dict(),
+            "parameters": {k: list(v) for k, v in self._parameter_shapes().items()},
+            "lr": s.optimizer.lr * s.schedule.factor(self.step, self.total),
+            "onnxsurgeon": __version__,
+        }
+        arrays = self.sgd.state() if self.sgd is not None else {}
+        path = checkpoint.save(folder, self.step, blob, arrays, meta)
+        removed = checkpoint.prune(folder, s.keep)
+        self.written.append(str(path))
+        self.last_saved = self.step
+        self.progress({"event": "checkpoint", "path": str(path), "step": self.step, "removed": [str(p) for p in removed]})
+
+    def _warn(self, message: str) -> None:
+        self.warnings.append(message)
+        self.progress({"event": "warning", "message": message})
+
+    def values(self) -> dict[str, np.ndarray]:
+        names = [*self.compiled.plan.trainable, *self.compiled.plan.running_stats]
+        return {n: self.state.parameters[n].data.copy() for n in names}
+
+    def report(self) -> TrainReport:
+        seconds = time.perf_counter() - self.started
+        done = self.epoch + (self.batch / self.spe if self.spe else 0)
+        return TrainReport(
+            steps=self.step, steps_run=self.steps_run, epochs_done=round(done, 4), epochs=self.settings.epochs,
+            finished=self.epoch >= self.settings.epochs, interrupted=self.interrupted, seconds=seconds,
+            examples_per_second=(self.run_examples / self.run_seconds) if self.run_seconds else 0.0,
+            plan=self.compiled.plan, objective=self.compiled.objective, optimizer=self.settings.optimizer,
+            schedule=self.settings.schedule, data=self.train_set, val=self.val_set, history=tuple(self.history),
+            resumed_from=self.resumed_from, checkpoints=tuple(self.written), graph_sha256=self.compiled.sha256,
+            warnings=tuple(self.warnings),
+        )
