@@ -600,3 +600,96 @@ def test_verify_data_with_wrong_dtype(tmp_path, capsys, piece):
     np.savez(data, input=np.zeros((2, 64), np.int64))
     code, _, err = run(["verify", AE, piece, "--data", data], capsys)
     assert_error(code, err, BAD_INPUT, "int64", "float")
+
+
+# --- training -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def ae_data(tmp_path: Path) -> Path:
+    x = np.random.default_rng(0).random((16, 64), dtype=np.float32)
+    np.savez(tmp_path / "train.npz", input=x, features=x)
+    return tmp_path / "train.npz"
+
+
+def train_argv(data: Path, out: Path, *args: object) -> list[object]:
+    return ["train", AE, "--data", data, "--loss", "mse(output, features)", "--batch-size", 8, "-o", out, *args]
+
+
+def test_train_data_missing_array(tmp_path, capsys):
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, inp=np.zeros((4, 64), np.float32), features=np.zeros((4, 64), np.float32))
+    out = tmp_path / "t.onnx"
+    code, _, err = run(train_argv(bad, out), capsys)
+    assert_error(code, err, BAD_INPUT, "does not fit the graph", "no array named 'input'; did you mean 'inp'?", hint=("arrays needed: input float32[N,64]",))
+    assert_not_written(out)
+
+
+@pytest.mark.parametrize(
+    "loss, words",
+    [
+        ("mse(output, featurs)", ("unknown name in the loss or metrics: 'featurs'", "did you mean 'features'?")),
+        ("foo(output, features)", ("<expression>:1:1: unknown function or piece 'foo'",)),
+        ("mse(output, L4_y)", ("mse: the shapes of output (float32[N,64]) and L4_y",)),
+    ],
+)
+def test_train_bad_loss(ae_data, tmp_path, capsys, loss, words):
+    out = tmp_path / "t.onnx"
+    code, _, err = run(["train", AE, "--data", ae_data, "--loss", loss, "-o", out], capsys)
+    assert_error(code, err, BAD_INPUT, *words)
+    assert_not_written(out)
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--optimizer", "rmsprop"], ("unknown optimizer 'rmsprop' (use sgd, adam, adamw)",)),
+        (["--lr", "-1"], ("--lr must be a number >= 0, not -1.0",)),
+        (["--keep", "0"], ("--keep must be at least 1 or 'all', not 0",)),
+        (["--resume"], ("--resume and --checkpoint-every need --checkpoint-dir DIR",)),
+        (["--freeze", "nothing*"], ("--freeze pattern matched no parameter: nothing*",)),
+    ],
+)
+def test_train_bad_settings(ae_data, tmp_path, capsys, args, words):
+    out = tmp_path / "t.onnx"
+    code, _, err = run(train_argv(ae_data, out, *args), capsys)
+    assert_error(code, err, BAD_INPUT, *words)
+    assert_not_written(out)
+
+
+def test_train_op_without_gradient(tmp_path, capsys):
+    w = np.ones((2, 2), np.float32)
+    model = tiny_model([helper.make_node("MatMul", ["x", "W1"], ["h"]), helper.make_node("Round", ["h"], ["y"], name="act")], {"W1": w})
+    path = save(model, tmp_path / "round.onnx")
+    np.savez(tmp_path / "d.npz", x=np.ones((4, 2), np.float32), t=np.ones((4, 2), np.float32))
+    out = tmp_path / "t.onnx"
+    code, _, err = run(["train", path, "--data", tmp_path / "d.npz", "--loss", "mse(y, t)", "-o", out], capsys)
+    assert_error(code, err, BAD_INPUT, "no gradient for 1 node", "node 'act' (Round), after 'W1'", hint=("--freeze",))
+    assert_not_written(out)
+
+
+def test_train_resume_checks_the_checkpoint(ae_data, tmp_path, capsys):
+    ck, out = tmp_path / "ck", tmp_path / "t.onnx"
+    assert run(train_argv(ae_data, out, "--checkpoint-dir", ck, "--optimizer", "adam"), capsys)[0] == OK
+    out.unlink()
+    code, _, err = run(["train", AE, "--data", ae_data, "--loss", "0.5 * mse(output, features)", "-o", out, "--checkpoint-dir", ck, "--resume"], capsys)
+    assert_error(code, err, BAD_INPUT, "was written for another training graph", hint=("same model, loss and metrics",))
+    code, _, err = run(train_argv(ae_data, out, "--checkpoint-dir", ck, "--resume"), capsys)
+    assert_error(code, err, BAD_INPUT, "written by a run with other settings", "optimizer 'adam' (now 'adamw')", hint=("--batch-size",))
+    assert_not_written(out)
+    newest = sorted(ck.glob("*.ckpt"))[-1]
+    damaged = newest.with_name("step-999999999.ckpt")
+    damaged.write_bytes(newest.read_bytes()[:-100])
+    code, _, err = run(train_argv(ae_data, out, "--checkpoint-dir", ck, "--resume", "--optimizer", "adam", "--epochs", 2), capsys)
+    assert code == OK and f"warning: skipped checkpoint {damaged}" in err and out.exists()
+
+
+def test_transfer_strict_and_bad_map(tmp_path, capsys):
+    out = tmp_path / "x.onnx"
+    code, out_text, err = run(["transfer", "--from", AE, "--to", TWO_IO, "-o", out, "--strict"], capsys)
+    assert_error(code, err, CHECK_FAILED, "not every parameter matched", "nothing written", hint=("--map OLD=NEW",))
+    assert "UNEXPECTED" in out_text
+    assert_not_written(out)
+    code, _, err = run(["transfer", "--from", AE, "--to", AE, "-o", out, "--map", "L1.*"], capsys)
+    assert_error(code, err, BAD_INPUT, "--map 'L1.*' is not OLD=NEW", hint=("e.g. --map",))
+    assert_not_written(out)
