@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import numpy as np
@@ -15,14 +16,34 @@ MAX_IR = 10
 MAX_OPSET = 21
 
 
+_ORTMODULE = "onnxruntime.training.ortmodule"
+
+
+def import_onnxruntime() -> Any:
+    """``import onnxruntime``, without importing torch.
+
+    On its first import, onnxruntime-training probes ``onnxruntime.training.ortmodule``,
+    which imports torch when torch is installed (seconds, and memory). A ``None`` entry in
+    ``sys.modules`` makes that probe fail the way onnxruntime expects ("no ORTModule")."""
+    if "onnxruntime" not in sys.modules:
+        blocked = _ORTMODULE not in sys.modules
+        if blocked:
+            sys.modules[_ORTMODULE] = None  # type: ignore[assignment]
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            raise EnvironmentProblem(
+                "onnxruntime is not installed",
+                "pip install onnxruntime-training-cpu==1.19.2 (it provides onnxruntime)",
+            ) from None
+        finally:
+            if blocked and sys.modules.get(_ORTMODULE, 0) is None:
+                del sys.modules[_ORTMODULE]
+    return sys.modules["onnxruntime"]
+
+
 def _ort() -> Any:
-    try:
-        import onnxruntime
-    except ImportError:
-        raise EnvironmentProblem(
-            "onnxruntime is not installed",
-            "pip install onnxruntime-training-cpu==1.19.2 (it provides onnxruntime)",
-        ) from None
+    onnxruntime = import_onnxruntime()
     onnxruntime.set_default_logger_severity(4)  # errors reach the user as exceptions
     return onnxruntime
 

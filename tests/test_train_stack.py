@@ -147,6 +147,23 @@ def test_loader_imports_without_torch(tmp_path):
     assert not torch_imported
 
 
+def test_inference_sessions_import_no_torch(tmp_path):
+    # verify and run go through onnxsurgeon.runtime, which blocks onnxruntime's ORTModule probe.
+    proc, torch_imported = run_python(
+        f"""
+        import sys
+        import onnxsurgeon as osg
+        model = osg.load({str(ROOT / "fixtures" / "autoencoder.onnx")!r})
+        piece, _ = osg.extract(model, inputs=["input"], outputs=["L4.y"])
+        assert osg.verify(model, piece).ok
+        assert "torch" not in sys.modules and "onnxruntime.training.ortmodule" not in sys.modules
+        """,
+        tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert not torch_imported
+
+
 def test_loader_reports_missing_training_build(tmp_path):
     # An inference-only onnxruntime: a package without the training folder.
     (tmp_path / "fake" / "onnxruntime").mkdir(parents=True)

@@ -20,10 +20,10 @@ plain names the real ``__init__`` exports from the C extension. It lacks only wh
 (``ORTModule``, ``optim``, ``tools.infer_input_info``; those still import on request where
 torch is installed). The placeholders stay registered: removing them would make a later
 ``import onnxruntime.training`` run the torch-importing ``__init__``. An already imported
-real package is used as it is. For 3, while we import onnxruntime for the first time, a
-``None`` entry for ``onnxruntime.training.ortmodule`` in ``sys.modules`` makes that one
-probe raise ImportError ("no ORTModule", which onnxruntime accepts); it is removed after.
-If onnxruntime was already imported by someone else, 3 has happened already.
+real package is used as it is. For 3, onnxruntime is imported through
+:func:`onnxsurgeon.runtime.import_onnxruntime`, which blocks that one probe (every command
+that runs a model imports it so). If onnxruntime was already imported by someone else, 3
+has happened already.
 
 Every function raises :class:`onnxsurgeon.errors.EnvironmentProblem` (exit 3) with an install
 hint when onnxruntime-training is missing (e.g. only the plain ``onnxruntime`` is installed).
@@ -38,11 +38,11 @@ import sys
 from types import ModuleType
 from typing import Any
 
+from onnxsurgeon import runtime
 from onnxsurgeon.errors import EnvironmentProblem
 
 _TRAINING = "onnxruntime.training"
 _TOOLS = "onnxruntime.tools"
-_ORTMODULE = "onnxruntime.training.ortmodule"
 _HINT = (
     "pip install onnxruntime-training-cpu==1.19.2 (it provides onnxruntime; "
     "uninstall the plain onnxruntime package first if it is installed)"
@@ -84,14 +84,7 @@ def _setup() -> None:
     training = _register_bare(_TRAINING, where)
     tools = _register_bare(_TOOLS, where)
     try:
-        if "onnxruntime" not in sys.modules:
-            sys.modules[_ORTMODULE] = None  # see 3. in the module docstring
-            try:
-                import onnxruntime  # the first import, with the probe blocked
-            finally:
-                if _ORTMODULE in sys.modules and sys.modules[_ORTMODULE] is None:
-                    del sys.modules[_ORTMODULE]
-        import onnxruntime
+        onnxruntime = runtime.import_onnxruntime()  # see 3. in the module docstring
         from onnxruntime.capi import _pybind_state as C
 
         if training is not None:
@@ -99,7 +92,7 @@ def _setup() -> None:
             training.TrainingParameters = C.TrainingParameters
             training.is_ortmodule_available = C.is_ortmodule_available
             training.__all__ = ["PropagateCastOpsStrategy", "TrainingParameters", "is_ortmodule_available"]
-    except (ImportError, AttributeError) as e:
+    except (ImportError, AttributeError, EnvironmentProblem) as e:
         for name, module in ((_TRAINING, training), (_TOOLS, tools)):
             if module is not None and sys.modules.get(name) is module:
                 del sys.modules[name]
