@@ -25,21 +25,22 @@ def import_onnxruntime() -> Any:
     On its first import, onnxruntime-training probes ``onnxruntime.training.ortmodule``,
     which imports torch when torch is installed (seconds, and memory). A ``None`` entry in
     ``sys.modules`` makes that probe fail the way onnxruntime expects ("no ORTModule")."""
-    if "onnxruntime" not in sys.modules:
-        blocked = _ORTMODULE not in sys.modules
-        if blocked:
-            sys.modules[_ORTMODULE] = None  # type: ignore[assignment]
-        try:
-            import onnxruntime  # noqa: F401
-        except ImportError:
-            raise EnvironmentProblem(
-                "onnxruntime is not installed",
-                "pip install onnxruntime-training-cpu==1.19.2 (it provides onnxruntime)",
-            ) from None
-        finally:
-            if blocked and sys.modules.get(_ORTMODULE, 0) is None:
-                del sys.modules[_ORTMODULE]
-    return sys.modules["onnxruntime"]
+    if sys.modules.get("onnxruntime") is not None:
+        return sys.modules["onnxruntime"]
+    blocked = _ORTMODULE not in sys.modules
+    if blocked:
+        sys.modules[_ORTMODULE] = None  # type: ignore[assignment]
+    try:
+        import onnxruntime
+    except ImportError:
+        raise EnvironmentProblem(
+            "onnxruntime is not installed",
+            "pip install onnxruntime-training-cpu==1.19.2 (it provides onnxruntime)",
+        ) from None
+    finally:
+        if blocked and sys.modules.get(_ORTMODULE, 0) is None:
+            del sys.modules[_ORTMODULE]
+    return onnxruntime
 
 
 def _ort() -> Any:

@@ -7,6 +7,7 @@ absolute, and their bytes are read only when a model that still needs them is sa
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import itertools
 import os
@@ -30,6 +31,8 @@ INLINE_LIMIT = 1_800_000_000
 # are read when needed (see wire.py); smaller ones are parsed whole, which is faster.
 LAZY_FILE_SIZE = 256 << 20
 LAZY_TENSOR_SIZE = 64 << 10
+# External bytes are copied this much at a time.
+COPY_CHUNK = 64 << 20
 
 
 def load(path: str | os.PathLike[str]) -> onnx.ModelProto:
@@ -265,28 +268,75 @@ def save(model: onnx.ModelProto, path: str | os.PathLike[str], external_data: bo
     data_path = path.with_name(path.name + ".data")
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    written = [_atomic_write(data_path, lambda f: f.writelines(_move_to_external(out, data_path.name)))]
+    written = [_atomic_write(data_path, lambda f: _write_external(out, f, data_path.name))]
     written.append(_atomic_write(path, lambda f: f.write(out.SerializeToString())))
     return written
 
 
-def _move_to_external(model: onnx.ModelProto, location: str) -> Iterator[bytes]:
-    """Yield the bytes of the data file, one tensor at a time, pointing each tensor at them."""
+def _write_external(model: onnx.ModelProto, f: BinaryIO, location: str) -> None:
+    """Write the data file, one tensor at a time, and point each tensor at its bytes."""
     offset = 0
     for tensor in iter_model_tensors(model):
         external = is_external(tensor)
         if not external and len(tensor.raw_data) < EXTERNAL_THRESHOLD:
             continue  # small tensors, and those held in typed fields, stay inline
-        data = read_external(tensor) if external else tensor.raw_data
         pad = (-offset) % 64  # keep tensors aligned for memory mapping
-        if pad:
-            yield b"\0" * pad
-            offset += pad
-        yield data
-        tensor.ClearField("raw_data")
-        _set_external(tensor, location, {"offset": str(offset), "length": str(len(data))})
+        f.write(b"\0" * pad)
+        offset += pad
+        if external:
+            length = _copy_external(tensor, f)
+        else:
+            length = f.write(tensor.raw_data)
+            tensor.ClearField("raw_data")
+        _set_external(tensor, location, {"offset": str(offset), "length": str(length)})
         tensor.data_location = onnx.TensorProto.EXTERNAL
-        offset += len(data)
+        offset += length
+
+
+def _copy_external(tensor: onnx.TensorProto, f: BinaryIO) -> int:
+    """Append an external tensor's bytes to ``f`` and return their length.
+
+    The kernel copies them (copy_file_range: no trip through Python's memory, and no
+    more memory than a buffer where it must fall back to reading and writing)."""
+    info = _external_info(tensor)
+    offset = int(info.get("offset", 0))
+    try:
+        with open(info["location"], "rb") as src:
+            length = int(info["length"]) if "length" in info else os.fstat(src.fileno()).st_size - offset
+            f.flush()
+            done = _kernel_copy(src.fileno(), f.fileno(), offset, length)
+            while done < length:  # no kernel copy here: read and write a buffer at a time
+                src.seek(offset + done)
+                chunk = src.read(min(length - done, COPY_CHUNK))
+                if not chunk:
+                    break
+                done += f.write(chunk)
+    except OSError as e:
+        raise InputError(f"cannot read external data of tensor {tensor.name!r}: {e}") from None
+    if done != length:
+        raise InputError(
+            f"external data of tensor {tensor.name!r} is truncated: {done} of {length} bytes",
+            "re-export the model or restore its .data file",
+        )
+    return length
+
+
+def _kernel_copy(src: int, dst: int, offset: int, length: int) -> int:
+    """Bytes copied from ``src`` at ``offset`` to ``dst``'s position by copy_file_range;
+    0 where the system cannot (another OS, an old kernel, some file systems)."""
+    done = 0
+    copy = getattr(os, "copy_file_range", None)
+    while copy is not None and done < length:
+        try:
+            n = copy(src, dst, min(length - done, COPY_CHUNK), offset + done)
+        except OSError as e:
+            if e.errno in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL) and done == 0:
+                return 0
+            raise
+        if n == 0:
+            break  # end of the source file
+        done += n
+    return done
 
 
 def _mode_for(path: Path) -> int:

@@ -118,3 +118,40 @@ def test_info_sizes_a_cut_before_making_it(cli, fixture_path):
     assert piece["nodes"] == 12 and piece["parameters"] == 8
     assert piece["weight_bytes"] == 4 * (64 * 48 + 48 + 48 * 32 + 32 + 32 * 24 + 24 + 24 * 16 + 16)
     assert piece["memory_bytes"] < piece["weight_bytes"]  # weights are streamed one at a time
+
+
+@pytest.mark.parametrize("kernel", ["copy_file_range", "no copy_file_range", "EXDEV"])
+def test_external_bytes_are_copied_exactly(kernel, fixture_path, tmp_path, monkeypatch):
+    # External to external: the kernel copies the bytes where it can; elsewhere (another
+    # OS, across file systems) they are read and written a buffer at a time.
+    import errno
+    import os
+
+    if kernel == "no copy_file_range":
+        monkeypatch.delattr(os, "copy_file_range", raising=False)
+    elif kernel == "EXDEV":
+        def refuse(*args):
+            raise OSError(errno.EXDEV, "cross-device link")
+        monkeypatch.setattr(os, "copy_file_range", refuse, raising=False)
+    monkeypatch.setattr(serde, "COPY_CHUNK", 5000)  # several chunks per tensor
+    model = osg.load(fixture_path("autoencoder_external/autoencoder.onnx"))
+    osg.save(model, tmp_path / "copy.onnx", external_data=True)
+    copy = osg.load(tmp_path / "copy.onnx")
+    want = {t.name: serde.to_array(t) for t in model.graph.initializer}
+    got = {t.name: serde.to_array(t) for t in copy.graph.initializer}
+    assert want.keys() == got.keys() and all(np.array_equal(want[k], got[k]) for k in want)
+    offsets = [int(serde._external_info(t)["offset"]) for t in copy.graph.initializer if serde.is_external(t)]
+    assert offsets and all(o % 64 == 0 for o in offsets)
+
+
+def test_truncated_external_data_is_refused_when_copied(fixture_path, tmp_path):
+    import shutil
+
+    src = tmp_path / "src"
+    shutil.copytree(fixture_path("autoencoder_external"), src)
+    data = next(src.glob("*.data"))
+    data.write_bytes(data.read_bytes()[:-100])
+    model = osg.load(src / "autoencoder.onnx")
+    with pytest.raises(osg.InputError, match=r"is truncated: \d+ of \d+ bytes"):
+        osg.save(model, tmp_path / "copy.onnx", external_data=True)
+    assert not (tmp_path / "copy.onnx").exists() and not (tmp_path / "copy.onnx.data").exists()
