@@ -326,6 +326,7 @@ def _kernel_copy(src: int, dst: int, offset: int, length: int) -> int:
     0 where the system cannot (another OS, an old kernel, some file systems)."""
     done = 0
     copy = getattr(os, "copy_file_range", None)
+    start = os.lseek(dst, 0, os.SEEK_CUR)
     while copy is not None and done < length:
         try:
             n = copy(src, dst, min(length - done, COPY_CHUNK), offset + done)
@@ -335,6 +336,10 @@ def _kernel_copy(src: int, dst: int, offset: int, length: int) -> int:
             raise
         if n == 0:
             break  # end of the source file
+        # Start writing the chunk to disk now, while the next is copied, so the fsync that
+        # ends the write has little left to do (and gigabytes of output do not crowd the
+        # page cache).
+        os.posix_fadvise(dst, start + done, n, os.POSIX_FADV_DONTNEED)
         done += n
     return done
 
