@@ -25,6 +25,20 @@ from onnxsurgeon.expr import TensorType
 from onnxsurgeon.names import alias
 
 
+def graph_inputs(model: onnx.ModelProto) -> dict[str, TensorType]:
+    """The types of the graph inputs the data must hold (initializers listed as inputs are not)."""
+    inits = {t.name for t in model.graph.initializer}
+    out = {}
+    for v in model.graph.input:
+        if v.name in inits:
+            continue
+        t = TensorType.from_proto(v.type)
+        if t is None:
+            raise InputError(f"graph input {v.name!r} is not a tensor; data holds tensors only")
+        out[v.name] = t
+    return out
+
+
 @dataclass(frozen=True)
 class Dataset:
     """The arrays a run uses, cast and checked, and what was left out."""

@@ -12,7 +12,6 @@ import onnx
 
 from onnxsurgeon import modes, runtime
 from onnxsurgeon.errors import InputError
-from onnxsurgeon.expr import TensorType
 from onnxsurgeon.names import Resolver
 from onnxsurgeon.graph import GraphIndex
 from onnxsurgeon.train import data as data_mod, losses, prepare
@@ -28,19 +27,6 @@ class EvalReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"metrics": dict(self.metrics), "examples": self.examples, "data": self.data}
-
-
-def _inputs(model: onnx.ModelProto) -> dict[str, TensorType]:
-    inits = {t.name for t in model.graph.initializer}
-    out = {}
-    for v in model.graph.input:
-        if v.name in inits:
-            continue
-        t = TensorType.from_proto(v.type)
-        if t is None:
-            raise InputError(f"graph input {v.name!r} is not a tensor")
-        out[v.name] = t
-    return out
 
 
 def evaluate(
@@ -61,7 +47,7 @@ def evaluate(
     types = {n: losses.data_type(np.asarray(data[n]), float_elem, batch) for n in data_names}
     params = prepare.candidates(view, prepare.frozen_names(view), ())
     compiled, objective = losses.compile_objective(view, None, list(metrics), types, params)
-    wanted = _inputs(compiled)
+    wanted = data_mod.graph_inputs(compiled)
     dataset = data_mod.check(data, wanted, label)
     session = runtime.session(compiled)
     names = [o.name for o in compiled.graph.output]
@@ -90,7 +76,7 @@ def run(
     for v in wanted_values:
         if v not in declared:
             view.graph.output.append(onnx.helper.make_empty_tensor_value_info(v))
-    dataset = data_mod.check(data, _inputs(view), label, batch_size)
+    dataset = data_mod.check(data, data_mod.graph_inputs(view), label, batch_size)
     session = runtime.session(view)
     if batch_size is None:
         out = runtime.run(session, dict(dataset.arrays), wanted_values)

@@ -165,15 +165,7 @@ def compile_training(model: onnx.ModelProto, /, arrays: Mapping[str, np.ndarray]
     types = {n: losses.data_type(np.asarray(arrays[n]), float_elem, batch) for n in data_names}
     objective_model, objective = losses.compile_objective(prepared, loss, metrics, types, params)
     plan = prepare.plan(objective_model, objective.loss_output or "", params, prep)
-    inits = {t.name for t in objective_model.graph.initializer}
-    wanted: dict[str, TensorType] = {}
-    for v in objective_model.graph.input:
-        if v.name in inits:
-            continue
-        t = TensorType.from_proto(v.type)
-        if t is None:
-            raise InputError(f"graph input {v.name!r} is not a tensor; training reads tensors only")
-        wanted[v.name] = t
+    wanted = data_mod.graph_inputs(objective_model)
     digest = hashlib.sha256(objective_model.SerializeToString())
     digest.update(repr((plan.trainable, plan.running_stats)).encode())
     return Compiled(objective_model, objective, plan, wanted, digest.hexdigest())
