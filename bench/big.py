@@ -131,7 +131,7 @@ def timed(what, f):
     return g
 osg.load = timed("load", osg.load)
 osg.extract = timed("extract", osg.extract)
-serde.file_sha256 = timed("sha256 of the model file", serde.file_sha256)
+serde.fingerprint = timed("fingerprint of the model file", serde.fingerprint)
 serde.save = timed("save", serde.save)
 os.fsync = timed("  of which fsync", os.fsync)
 path, out, a, b = sys.argv[1:5]

@@ -127,7 +127,7 @@ def load_piece(
         path = Path(base_dir or ".") / Path(model)
         source = str(model)
         loaded = serde.load(path)
-        sha = serde.file_sha256(path)
+        sha = serde.fingerprint(path).get("sha256")
         model = loaded
     if name is None:
         stem = re.sub(r"\W", "_", path.stem) if path else "piece"
@@ -974,6 +974,9 @@ class _Recipe:
             m = _TOML_ERROR_AT.match(str(e))
             pos = Pos(int(m.group(2)), int(m.group(3)), str(path)) if m else Pos(1, 1, str(path))
             raise ExprError(f"TOML syntax error: {m.group(1) if m else e}", "see https://toml.io for the syntax", pos) from None
+        except (RecursionError, ValueError) as e:  # arrays nested thousands deep, integers of thousands of digits
+            what = "is nested too deeply" if isinstance(e, RecursionError) else f"cannot be read ({e})"
+            raise InputError(f"{path} {what}", "a recipe is a short TOML file; see docs/compose.md") from None
         return cls(data, str(path), path.parent, _Locator(text, str(path)))
 
     # --- positions ----------------------------------------------------------------------------

@@ -108,7 +108,7 @@ def extract(
     ``inputs`` and ``outputs`` take names as in SPEC section 1, optionally as records
     (``feat=input``) and, for inputs, with a new type (``input:float32[N,64]``). ``params``
     is ``learnable``, ``constant`` or ``shared``. ``source`` (for example ``{"file": ...,
-    "sha256": ...}``) is recorded in the piece's metadata. ``sample`` (arrays named after
+    "sha256": ...}``, see :func:`serde.fingerprint`) is recorded in the piece's metadata. ``sample`` (arrays named after
     the model's graph inputs) is used only where shape inference cannot find the rank of a
     boundary value and one run of the model must show it; random inputs are used if None. Returns the piece, a new model,
     and a report; the input model is not changed.
@@ -151,6 +151,7 @@ def extract(
     g.name, g.doc_string = graph.name, graph.doc_string
     kept = sorted(walk.keep)
     g.node.extend(index.nodes[i] for i in kept)
+    _unbind_cut_outputs(g, index, stop)
     g.initializer.extend(t for t in graph.initializer if t.name in walk.params)
     g.sparse_initializer.extend(s for s in graph.sparse_initializer if s.values.name in walk.params)
     in_ports = [(s.new_name or r.value, r.value, s.type, r) for s, r in zip(in_specs, in_res)]
@@ -283,6 +284,26 @@ class _Walk:
     reads: dict[int, list[str]] = field(default_factory=dict)
 
 
+def upstream(model: onnx.ModelProto, outputs: list[onnx.ValueInfoProto], index: GraphIndex | None = None) -> onnx.ModelProto:
+    """The model computing ``outputs`` with only the nodes and parameters they need; its
+    inputs stay all the graph's, so the same feeds run it. Weights it does not need are
+    not copied (nor, for external data, read)."""
+    index = index or GraphIndex(model.graph)
+    walk = _walk(index, [o.name for o in outputs], set())
+    graph = model.graph
+    out = _new_model(model)
+    g = out.graph
+    g.name = graph.name
+    g.input.extend(graph.input)
+    g.node.extend(index.nodes[i] for i in sorted(walk.keep))
+    listed = {i.name for i in graph.input}  # IR-3 models list initializers as inputs
+    g.initializer.extend(t for t in graph.initializer if t.name in walk.params or t.name in listed)
+    g.sparse_initializer.extend(graph.sparse_initializer)
+    g.value_info.extend(graph.value_info)
+    g.output.extend(outputs)
+    return out
+
+
 def _walk(index: GraphIndex, outputs: list[str], stop: set[str]) -> _Walk:
     """Walk back from the outputs to the inputs, collecting nodes and parameters."""
     w = _Walk()
@@ -310,6 +331,22 @@ def _walk(index: GraphIndex, outputs: list[str], stop: set[str]) -> _Walk:
         else:
             w.undefined.append(v)
     return w
+
+
+def _unbind_cut_outputs(g: onnx.GraphProto, index: GraphIndex, stop: set[str]) -> None:
+    """A kept node with several outputs may also produce a value the cut takes as an input
+    (``--in s_lo`` while ``s_hi`` is needed): that output now enters as a graph input, so
+    the node's copy writes it under an unused name instead (ONNX values have one producer)."""
+    taken: set[str] = set()
+    for node in g.node:
+        for k, name in enumerate(node.output):
+            if name in stop:
+                new, n = f"{name}.unused", 1
+                while index.has_value(new) or new in taken or new in stop:
+                    n += 1
+                    new = f"{name}.unused{n}"
+                taken.add(new)
+                node.output[k] = new
 
 
 def _path(index: GraphIndex, walk: _Walk, start: str) -> str:

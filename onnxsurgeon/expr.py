@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -308,6 +309,8 @@ class _Converter:
                 return Str(value, self.pos(node))
             raise self.fail(node, f"{value!r} is allowed only as a keyword value, e.g. name='hidden'")
         if isinstance(value, (int, float)):
+            if not _finite(value):  # 1e999 reads as infinity; float32 cannot hold 10**400
+                raise self.fail(node, "the number is too large")
             return Num(value, self.pos(node))
         raise self.fail(node, f"the constant {value!r} is not allowed; only numbers (and strings as keyword values)")
 
@@ -353,18 +356,29 @@ def fold(op: str, a: float, b: float) -> float:
     """``a op b`` on two numbers."""
     try:
         if op == "+":
-            return a + b
-        if op == "-":
-            return a - b
-        if op == "*":
-            return a * b
-        if op == "/":
-            return a / b
-        return float(a) ** b
+            result = a + b
+        elif op == "-":
+            result = a - b
+        elif op == "*":
+            result = a * b
+        elif op == "/":
+            result = a / b
+        else:
+            result = float(a) ** b
     except ZeroDivisionError:
         raise InputError("division by zero") from None
     except OverflowError:
         raise InputError("the number is too large") from None
+    if not _finite(result):  # 1e308 * 1e308 is infinity, not an OverflowError
+        raise InputError("the number is too large")
+    return result
+
+
+def _finite(x: float) -> bool:
+    try:
+        return math.isfinite(x)
+    except OverflowError:  # an integer too large for a float
+        return False
 
 
 # --- values and types -----------------------------------------------------------------------

@@ -47,7 +47,7 @@ def _names(model: onnx.ModelProto, key: str) -> set[str]:
         return set()
     try:
         names = json.loads(raw)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):  # damaged, or nested too deeply to read
         return set()
     return {n for n in names if isinstance(n, str)} if isinstance(names, list) else set()
 
@@ -75,6 +75,12 @@ def cut(model: onnx.ModelProto) -> dict[str, Any] | None:
         return None
     try:
         value = json.loads(raw)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):  # damaged, or nested too deeply to read
         return None
-    return value if isinstance(value, dict) else None
+    if not isinstance(value, dict):
+        return None
+    for key in ("inputs", "outputs"):  # name maps; anything else in a crafted file is dropped
+        ports = value.get(key)
+        if ports is not None and not (isinstance(ports, dict) and all(isinstance(v, str) for v in {**ports}.values())):
+            del value[key]
+    return value

@@ -14,6 +14,9 @@ from onnxsurgeon.errors import EnvironmentProblem, InputError
 # onnxruntime 1.19 reads models up to these versions.
 MAX_IR = 10
 MAX_OPSET = 21
+# onnxruntime's session set-up time doubles with each level of If/Loop/Scan nesting (about
+# half a second at 16 levels, minutes at 25): deeper models are refused rather than hang.
+MAX_NESTING = 16
 
 
 _ORTMODULE = "onnxruntime.training.ortmodule"
@@ -61,6 +64,12 @@ def session(model: onnx.ModelProto, what: str = "the model", optimize: bool = Tr
             f"{what} uses opset {opset}; onnxruntime {ort.__version__} runs opsets up to {MAX_OPSET}",
             "convert the model to an older opset with onnx.version_converter",
         )
+    depth = nesting(model.graph)
+    if depth > MAX_NESTING:
+        raise InputError(
+            f"{what} nests subgraphs {depth} levels deep; onnxsurgeon runs models up to {MAX_NESTING} levels",
+            "flatten the model's nested If/Loop/Scan nodes",
+        )
     if model.ir_version > MAX_IR:
         clamped = onnx.ModelProto()
         clamped.CopyFrom(model)
@@ -72,10 +81,36 @@ def session(model: onnx.ModelProto, what: str = "the model", optimize: bool = Tr
     options.inter_op_num_threads = 1
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        # Pre-packing copies weights into a faster layout: worth it for many runs, but a
+        # check runs once and would hold every weight twice.
+        options.add_session_config_entry("session.disable_prepacking", "1")
+    # External weights are handed over mapped from their files, not copied into the model's
+    # bytes: that keeps memory down, and a model over protobuf's 2 GB limit loads.
+    mapped = {t.name: serde.mapped_array(t) for t in model.graph.initializer if serde.is_external(t)}
+    mapped = {name: array for name, array in mapped.items() if array is not None}
+    values = [ort.OrtValue.ortvalue_from_numpy(a) for a in mapped.values()]
+    if mapped:
+        options.add_external_initializers(list(mapped), values)
     try:
-        return ort.InferenceSession(serde.to_bytes(model), options, providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(serde.to_bytes(model, keep=mapped), options, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own exception types for bad models
         raise InputError(f"onnxruntime cannot load {what}: {_first_line(e)}") from None
+    sess._osg_weights = values  # onnxruntime reads them in place: keep them alive with the session
+    return sess
+
+
+def nesting(graph: onnx.GraphProto) -> int:
+    """How deep If/Loop/Scan bodies nest in a graph (0 for none), without recursion."""
+    deepest, stack = 0, [(graph, 0)]
+    while stack:
+        g, depth = stack.pop()
+        deepest = max(deepest, depth)
+        for node in g.node:
+            for attr in node.attribute:
+                if attr.HasField("g"):
+                    stack.append((attr.g, depth + 1))
+                stack.extend((sub, depth + 1) for sub in attr.graphs)
+    return deepest
 
 
 def run(sess: Any, feeds: dict[str, np.ndarray], outputs: list[str] | None = None, what: str = "the model",

@@ -7,12 +7,13 @@ absolute, and their bytes are read only when a model that still needs them is sa
 
 from __future__ import annotations
 
+import datetime
 import errno
 import hashlib
 import itertools
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -91,13 +92,19 @@ def _check_parsed(model: onnx.ModelProto, what: str) -> onnx.ModelProto:
     return model
 
 
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """The SHA-256 of a file, read in blocks."""
+def fingerprint(path: str | os.PathLike[str]) -> dict[str, object]:
+    """What identifies a model file in a piece's provenance: its size and SHA-256, or, for a
+    file read lazily, its size and modification time (hashing it would read every weight,
+    which a cut of a large model must not)."""
+    stat = os.stat(path)
+    if stat.st_size >= LAZY_FILE_SIZE:
+        modified = datetime.datetime.fromtimestamp(stat.st_mtime, datetime.timezone.utc)
+        return {"bytes": stat.st_size, "modified": modified.isoformat(timespec="seconds")}
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(1 << 20):
             h.update(block)
-    return h.hexdigest()
+    return {"bytes": stat.st_size, "sha256": h.hexdigest()}
 
 
 def iter_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
@@ -197,6 +204,28 @@ def to_array(tensor: onnx.TensorProto):
     return numpy_helper.to_array(tensor)
 
 
+def mapped_array(tensor: onnx.TensorProto):
+    """An external tensor's values mapped read-only from its file: pages are read when
+    touched, and only then. None for types numpy cannot map (bfloat16, float8, 4-bit)."""
+    import numpy as np
+
+    try:
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).newbyteorder("<")
+    except (KeyError, TypeError, ValueError):
+        return None
+    if dtype.kind not in "biufc" or not all(tensor.dims):
+        return None  # and empty tensors, which cannot be mapped
+    info = _external_info(tensor)
+    shape = tuple(tensor.dims)
+    need = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if int(info.get("length", need)) != need:
+        return None  # let the reader report the mismatch
+    try:
+        return np.memmap(info["location"], dtype=dtype, mode="r", offset=int(info.get("offset", 0)), shape=shape)
+    except (OSError, ValueError):
+        return None  # e.g. a truncated file: the reader names the problem
+
+
 def _inline(tensor: onnx.TensorProto) -> None:
     tensor.raw_data = read_external(tensor)
     del tensor.external_data[:]
@@ -213,10 +242,16 @@ def materialize(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def to_bytes(model: onnx.ModelProto) -> bytes:
-    """Serialised bytes with all weights inline (for onnxruntime or a small model file)."""
-    if any(is_external(t) for t in model.graph.initializer) or _has_external(model):
-        model = materialize(model)
+def to_bytes(model: onnx.ModelProto, keep: Collection[str] = ()) -> bytes:
+    """Serialised bytes with all weights inline (for onnxruntime or a small model file),
+    but for the external initializers named in ``keep``, which stay references."""
+    if _has_external(model):
+        out = onnx.ModelProto()
+        out.CopyFrom(model)
+        for tensor in iter_model_tensors(out):
+            if is_external(tensor) and tensor.name not in keep:
+                _inline(tensor)
+        model = out
     return model.SerializeToString()
 
 
@@ -268,9 +303,21 @@ def save(model: onnx.ModelProto, path: str | os.PathLike[str], external_data: bo
     data_path = path.with_name(path.name + ".data")
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    written = [_atomic_write(data_path, lambda f: _write_external(out, f, data_path.name))]
-    written.append(_atomic_write(path, lambda f: f.write(out.SerializeToString())))
-    return written
+    # Both files are written in full before either is renamed: a failure while writing (a
+    # full disk) leaves the old model and its old data file as they were.
+    data_tmp = _write_temp(data_path, lambda f: _write_external(out, f, data_path.name))
+    try:
+        model_tmp = _write_temp(path, lambda f: f.write(out.SerializeToString()))
+    except BaseException:
+        _discard(data_tmp)
+        raise
+    try:
+        _commit(data_tmp, data_path)
+    except BaseException:
+        _discard(model_tmp)
+        raise
+    _commit(model_tmp, path)
+    return [data_path, path]
 
 
 def _write_external(model: onnx.ModelProto, f: BinaryIO, location: str) -> None:
@@ -356,6 +403,12 @@ def _mode_for(path: Path) -> int:
 
 def _atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> Path:
     """Write a file through ``write(f)`` under a temporary name, flush it, and rename it."""
+    _commit(_write_temp(path, write), path)
+    return path
+
+
+def _write_temp(path: Path, write: Callable[[BinaryIO], object]) -> str:
+    """Write, flush and sync a temporary file beside ``path``; return its name."""
     folder = path.parent if str(path.parent) else Path(".")
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
@@ -367,13 +420,27 @@ def _atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> Path:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
     except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        _discard(tmp)
         if isinstance(e, OSError):
             raise InputError(f"cannot write {path}: {e.strerror}", "check free space and permissions") from None
         raise
-    return path
+    return tmp
+
+
+def _commit(tmp: str, path: Path) -> None:
+    """Rename a finished temporary file over ``path`` in one step."""
+    try:
+        os.replace(tmp, path)
+    except BaseException as e:
+        _discard(tmp)
+        if isinstance(e, OSError):
+            raise InputError(f"cannot write {path}: {e.strerror}", "check free space and permissions") from None
+        raise
+
+
+def _discard(tmp: str) -> None:
+    try:
+        os.unlink(tmp)
+    except OSError:
+        pass

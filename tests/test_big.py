@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -155,3 +156,66 @@ def test_truncated_external_data_is_refused_when_copied(fixture_path, tmp_path):
     with pytest.raises(osg.InputError, match=r"is truncated: \d+ of \d+ bytes"):
         osg.save(model, tmp_path / "copy.onnx", external_data=True)
     assert not (tmp_path / "copy.onnx").exists() and not (tmp_path / "copy.onnx.data").exists()
+
+
+def _over_2gb(folder) -> tuple[onnx.ModelProto, np.ndarray]:
+    """x[N,64] -> MatMul W0[64,64] -> h -> MatMul W1[64,BIG] -> y1 ... with 2.3 GB of external
+    weights in a sparse file: W0 holds real values, W1 and W2 (1.15 GB each) are zeros that
+    take no disk."""
+    big = 4_500_000
+    w0 = np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)
+    data = folder / "big.onnx.data"
+    with open(data, "wb") as f:
+        f.write(w0.tobytes())
+        f.truncate(w0.nbytes + 2 * 64 * big * 4)
+    inits = []
+    for name, dims, offset in (("W0", [64, 64], 0), ("W1", [64, big], w0.nbytes), ("W2", [64, big], w0.nbytes + 64 * big * 4)):
+        t = onnx.TensorProto(name=name, dims=dims, data_type=onnx.TensorProto.FLOAT, data_location=onnx.TensorProto.EXTERNAL)
+        for key, value in (("location", data.name), ("offset", str(offset)), ("length", str(int(np.prod(dims)) * 4))):
+            entry = t.external_data.add()
+            entry.key, entry.value = key, value
+        inits.append(t)
+    nodes = [helper.make_node("MatMul", ["x", "W0"], ["h"]), helper.make_node("MatMul", ["h", "W1"], ["y1"]),
+             helper.make_node("MatMul", ["h", "W2"], ["y2"])]
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 64])
+    outs = [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, ["N", big]) for n in ("y1", "y2")]
+    model = helper.make_model(helper.make_graph(nodes, "big", [x], outs, inits), opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    (folder / "big.onnx").write_bytes(model.SerializeToString())
+    return model, w0
+
+
+def test_models_over_2gb(cli, tmp_path):
+    # Every command on a model whose weights pass protobuf's 2 GB limit; nothing reads the
+    # weights the operation does not need (here that would be 2.3 GB of zeros).
+    _, w0 = _over_2gb(tmp_path)
+    big, piece = tmp_path / "big.onnx", tmp_path / "piece.onnx"
+    for command in (["info", big], ["nodes", big], ["params", big]):
+        code, out, err = cli(*command)
+        assert code == 0, err
+    code, out, _ = cli("params", big, "--json")
+    assert sum(p["bytes"] for p in json.loads(out)["params"]) > 2**31
+    assert cli("extract", big, "--in", "x", "--out", "h", "-o", piece)[0] == 0
+    assert [t.name for t in osg.load(piece).graph.initializer] == ["W0"]
+    code, out, err = cli("verify", big, piece)
+    assert code == 0 and "ok" in out, err
+    moved = tmp_path / "moved.onnx"
+    code, out, err = cli("transfer", "--from", big, "--to", piece, "-o", moved)
+    assert code == 0 and "1 matched" in out, err
+    (w,) = osg.load(moved).graph.initializer
+    assert np.array_equal(serde.to_array(w), w0)
+    recipe = tmp_path / "net.toml"
+    recipe.write_text('[inputs]\nx = "float32[N,64]"\n\n[pieces.head]\nmodel = "big.onnx"\ninputs = ["x"]\n'
+                      'outputs = ["h"]\nparams = "constant"\n\n[outputs]\nz = "relu(head(x).h)"\n')
+    code, out, err = cli("compose", recipe, "-o", tmp_path / "net.onnx")
+    assert code == 0, err
+    (w,) = osg.load(tmp_path / "net.onnx").graph.initializer
+    assert w.name == "head/W0" and np.array_equal(serde.to_array(w), w0)
+
+
+def test_provenance_of_a_large_file_reads_no_weights(lazy, cli, fixture_path, tmp_path):
+    # Below 256 MB the piece records the model file's SHA-256; above, hashing would read every
+    # weight, so it records the file's size and modification time instead.
+    assert cli("extract", fixture_path("autoencoder.onnx"), "--in", "input", "--out", "L4.y", "-o", tmp_path / "p.onnx")[0] == 0
+    code, out, err = cli("info", tmp_path / "p.onnx", "--json")
+    cut = json.loads(out)["cut"]
+    assert code == 0 and "sha256" not in cut and cut["modified"] and cut["bytes"] == fixture_path("autoencoder.onnx").stat().st_size

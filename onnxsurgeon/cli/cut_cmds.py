@@ -52,7 +52,7 @@ def extract(
         raise InputError(f"the output {out_path} is the input model", "write to another file, or pass --force to replace it")
     source = osg.load(model)
     sample = load_data(str(data)) if data is not None else None
-    provenance = {"file": model.name, "sha256": serde.file_sha256(model)}
+    provenance = {"file": model.name, **serde.fingerprint(model)}
     piece, report = osg.extract(
         source, inputs=list(inputs or []), outputs=list(outputs), params=params,
         auto_inputs=auto_inputs, sample=sample, source=provenance, model_hint=str(model),

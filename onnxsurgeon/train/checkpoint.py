@@ -124,12 +124,13 @@ def read(path: str | os.PathLike) -> Checkpoint:
             if meta.get("version") != VERSION:
                 raise InputError(f"checkpoint {path} has format version {meta.get('version')}; this onnxsurgeon reads {VERSION}")
             data = {m: z.read(m) for m in meta.get("members", [])}  # read() checks the CRC-32 too
-    except (zipfile.BadZipFile, KeyError, ValueError, OSError, EOFError) as e:
+        arrays = {}
+        for k, name in enumerate(meta.get("arrays", [])):
+            arrays[name] = np.lib.format.read_array(io.BytesIO(data[f"arrays/{k}.npy"]), allow_pickle=False)
+        return Checkpoint(path, meta, data["ort_state"], arrays)
+    # A crafted meta.json may name members that are not there, or hold the wrong kinds.
+    except (zipfile.BadZipFile, KeyError, ValueError, TypeError, OSError, EOFError, RecursionError) as e:
         raise InputError(f"checkpoint {path} is damaged or incomplete ({type(e).__name__}: {e})") from None
-    arrays = {}
-    for k, name in enumerate(meta.get("arrays", [])):
-        arrays[name] = np.lib.format.read_array(io.BytesIO(data[f"arrays/{k}.npy"]), allow_pickle=False)
-    return Checkpoint(path, meta, data["ort_state"], arrays)
 
 
 def newest_intact(folder: str | os.PathLike) -> tuple[Checkpoint | None, list[str]]:

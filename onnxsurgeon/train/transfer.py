@@ -19,7 +19,6 @@ import numpy as np
 import onnx
 
 from onnxsurgeon.errors import InputError
-from onnxsurgeon import serde
 from onnxsurgeon.names import alias
 from onnxsurgeon.train import weights
 
@@ -116,7 +115,7 @@ def transfer(
     matched: list[Match] = []
     missing: list[str] = []
     wrong: list[Mismatch] = []
-    values: dict[str, np.ndarray] = {}
+    values: dict[str, np.ndarray | onnx.TensorProto] = {}
     used: set[str] = set()
     for name, tensor in dst.items():
         if name in src:
@@ -130,13 +129,17 @@ def transfer(
             continue
         used.add(found)
         value = src[found]
-        array = serde.to_array(value) if isinstance(value, onnx.TensorProto) else np.asarray(value)
-        want = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type))
-        if tuple(array.shape) != tuple(tensor.dims) or array.dtype != want:
-            wrong.append(Mismatch(name, found, _show(tensor), _show(array)))
+        if isinstance(value, onnx.TensorProto):  # copied as it is: external bytes are not read here
+            fits = tuple(value.dims) == tuple(tensor.dims) and value.data_type == tensor.data_type
+        else:
+            value = np.asarray(value)
+            want = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type))
+            fits = tuple(value.shape) == tuple(tensor.dims) and value.dtype == want
+        if not fits:
+            wrong.append(Mismatch(name, found, _show(tensor), _show(value)))
             continue
         matched.append(Match(name, found, how))
-        values[name] = array
+        values[name] = value
     unexpected = tuple(n for n in src if n not in used)
     report = TransferReport(tuple(matched), tuple(missing), unexpected, tuple(wrong))
     out = weights.write_back(target, values) if values else _copy(target)

@@ -26,9 +26,12 @@ def parameters(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
     return {t.name: t for t in model.graph.initializer if t.data_type in floats and len(t.dims) >= 1}
 
 
-def write_back(model: onnx.ModelProto, /, values: Mapping[str, np.ndarray], record: Mapping[str, Any] | None = None) -> onnx.ModelProto:
+def write_back(
+    model: onnx.ModelProto, /, values: Mapping[str, np.ndarray | onnx.TensorProto], record: Mapping[str, Any] | None = None
+) -> onnx.ModelProto:
     """A copy of `model` with the initializers named in `values` replaced (type and shape
-    kept), the rest untouched, and `record` stored in the metadata."""
+    kept), the rest untouched, and `record` stored in the metadata. A value given as a
+    tensor of the same type and shape is taken as it is (external data stays external)."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     inits = {t.name: t for t in out.graph.initializer}
@@ -37,6 +40,12 @@ def write_back(model: onnx.ModelProto, /, values: Mapping[str, np.ndarray], reco
         raise InputError(f"no initializer named {', '.join(repr(n) for n in unknown)} in the model")
     for name, value in values.items():
         t = inits[name]
+        if isinstance(value, onnx.TensorProto) and value.data_type == t.data_type and list(value.dims) == list(t.dims):
+            t.CopyFrom(value)
+            t.name = name
+            continue
+        if isinstance(value, onnx.TensorProto):
+            value = serde.to_array(value)
         dtype = onnx.helper.tensor_dtype_to_np_dtype(t.data_type)
         array = np.asarray(value)
         if tuple(array.shape) != tuple(t.dims):
