@@ -30,3 +30,16 @@ def cli(capsys):
         return code, out, err
 
     return run
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The figures of the reliability tests (docs/reliability.md), when any ran."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from figures import FIGURES
+
+    if FIGURES:
+        terminalreporter.section("reliability figures")
+        for key, value in FIGURES.items():
+            terminalreporter.write_line(f"{key}: {value}")

@@ -422,3 +422,28 @@ def test_stop_request_checkpoints_and_resumes_exactly(tmp_path):
     assert report.interrupted and report.steps == 3 and report.checkpoints[-1].endswith("step-000000003.ckpt")
     resumed, _ = run(tmp_path, "stopped", optimizer, schedule, resume=True)
     assert all(after(resumed)[k].tobytes() == v.tobytes() for k, v in after(straight).items())
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda m: m.update(arrays=m["arrays"] + ["ghost"]),  # names an array that is not there
+        lambda m: m.update(members=7),  # the wrong kind
+        lambda m: m.update(members=["arrays/0.npy"]),  # no ort_state
+    ],
+)
+def test_crafted_checkpoint_is_refused_cleanly(tmp_path, change):
+    import zipfile
+
+    run(tmp_path, "c", OptimizerSettings("sgd", lr=0.1), Schedule(), checkpoint_every=15, keep=1)
+    (_, path), = checkpoint.listing(tmp_path / "c")
+    with zipfile.ZipFile(path) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    meta = json.loads(members["meta.json"])
+    change(meta)
+    members["meta.json"] = json.dumps(meta).encode()
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    with pytest.raises(InputError, match="is damaged or incomplete"):
+        checkpoint.read(path)
