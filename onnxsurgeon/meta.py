@@ -15,6 +15,7 @@ FROZEN = "onnxsurgeon.frozen"  # JSON list of the parameters that never change
 SHARED = "onnxsurgeon.shared"  # JSON list of the parameters shared by several uses
 CUT = "onnxsurgeon.cut"
 COMPOSE = "onnxsurgeon.compose"
+DATA = "onnxsurgeon.data"  # JSON {"file", "id"}: the data file saved with the model
 KEYS = (MODE, FROZEN, SHARED, CUT, COMPOSE)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import errno
 import hashlib
+import json
 import itertools
 import os
 import tempfile
@@ -20,7 +21,7 @@ from typing import BinaryIO
 import onnx
 from google.protobuf.message import DecodeError
 
-from onnxsurgeon import wire
+from onnxsurgeon import meta, wire
 from onnxsurgeon.errors import InputError
 
 # Tensors at least this large go to the external data file when a model is written with
@@ -32,6 +33,9 @@ INLINE_LIMIT = 1_800_000_000
 # are read when needed (see wire.py); smaller ones are parsed whole, which is faster.
 LAZY_FILE_SIZE = 256 << 20
 LAZY_TENSOR_SIZE = 64 << 10
+# A data file written by save() starts with this and the id of its save, in this many bytes.
+DATA_MAGIC = b"onnxsurgeon data "
+DATA_HEADER = 64
 # External bytes are copied this much at a time.
 COPY_CHUNK = 64 << 20
 
@@ -46,14 +50,14 @@ def load(path: str | os.PathLike[str]) -> onnx.ModelProto:
     try:
         if path.stat().st_size >= LAZY_FILE_SIZE:
             model = _read_lazily(path)
-            _resolve_external(model, path.parent.resolve())
+            _resolve_external(model, path)
             return model
         data = path.read_bytes()
     except OSError as e:
         raise InputError(f"cannot read {path}: {e.strerror}", "check the file's permissions") from None
     model = parse(data, str(path))
     if b"location" in data:  # cheap test: no external data entry can exist without this key
-        _resolve_external(model, path.parent.resolve())
+        _resolve_external(model, path)
     return model
 
 
@@ -144,8 +148,11 @@ def _external_info(tensor: onnx.TensorProto) -> dict[str, str]:
     return {e.key: e.value for e in tensor.external_data}
 
 
-def _resolve_external(model: onnx.ModelProto, base: Path) -> None:
-    """Check every external location stays beside the model, and make it absolute."""
+def _resolve_external(model: onnx.ModelProto, path: Path) -> None:
+    """Check every external location stays beside the model and belongs to the same save,
+    and make it absolute."""
+    base = path.parent.resolve()
+    used = set()
     for tensor in iter_model_tensors(model):
         if not is_external(tensor):
             continue
@@ -163,6 +170,32 @@ def _resolve_external(model: onnx.ModelProto, base: Path) -> None:
                 f"place {location!r} beside the model in {base}",
             )
         _set_external(tensor, str(target), info)
+        used.add(location)
+    _check_pairing(model, path, used)
+
+
+def _check_pairing(model: onnx.ModelProto, path: Path, used: set[str]) -> None:
+    """Refuse a model beside a data file of another save. Two files cannot be replaced in
+    one step: a writer killed between the two renames leaves the old model beside the new
+    data, which would read wrong weights without a word. A data file that onnxsurgeon
+    wrote starts with the id of its save, which the model records."""
+    try:
+        entry = json.loads(meta.get(model, meta.DATA) or "null")
+        location, saved = entry["file"], entry["id"]
+    except (ValueError, TypeError, KeyError, RecursionError):
+        return  # no record (another tool wrote the model), or a damaged one
+    if location not in used:
+        return  # the data was written inline since; the record is stale
+    with open(path.parent / location, "rb") as f:
+        head = f.read(DATA_HEADER)
+    if head.startswith(DATA_MAGIC) and head[len(DATA_MAGIC):].rstrip(b"\0") != saved.encode():
+        raise InputError(
+            f"{path.name} and its data file {location!r} were written by different saves "
+            "(the last write of the model was interrupted)",
+            "write the model again",
+        )
+
+
 
 
 def _set_external(tensor: onnx.TensorProto, location: str, info: dict[str, str]) -> None:
@@ -303,9 +336,11 @@ def save(model: onnx.ModelProto, path: str | os.PathLike[str], external_data: bo
     data_path = path.with_name(path.name + ".data")
     out = onnx.ModelProto()
     out.CopyFrom(model)
+    save_id = os.urandom(16).hex()
+    meta.put(out, meta.DATA, json.dumps({"file": data_path.name, "id": save_id}))
     # Both files are written in full before either is renamed: a failure while writing (a
     # full disk) leaves the old model and its old data file as they were.
-    data_tmp = _write_temp(data_path, lambda f: _write_external(out, f, data_path.name))
+    data_tmp = _write_temp(data_path, lambda f: _write_external(out, f, data_path.name, save_id))
     try:
         model_tmp = _write_temp(path, lambda f: f.write(out.SerializeToString()))
     except BaseException:
@@ -320,9 +355,11 @@ def save(model: onnx.ModelProto, path: str | os.PathLike[str], external_data: bo
     return [data_path, path]
 
 
-def _write_external(model: onnx.ModelProto, f: BinaryIO, location: str) -> None:
-    """Write the data file, one tensor at a time, and point each tensor at its bytes."""
-    offset = 0
+def _write_external(model: onnx.ModelProto, f: BinaryIO, location: str, save_id: str) -> None:
+    """Write the data file, one tensor at a time, and point each tensor at its bytes. The
+    file starts with the id of the save (see _check_pairing); readers go by offsets and
+    never look at it."""
+    offset = f.write((DATA_MAGIC + save_id.encode()).ljust(DATA_HEADER, b"\0"))
     for tensor in iter_model_tensors(model):
         external = is_external(tensor)
         if not external and len(tensor.raw_data) < EXTERNAL_THRESHOLD:

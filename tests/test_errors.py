@@ -19,6 +19,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxsurgeon import serde
 from onnxsurgeon.cli import main
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
@@ -693,3 +694,17 @@ def test_transfer_strict_and_bad_map(tmp_path, capsys):
     code, _, err = run(["transfer", "--from", AE, "--to", AE, "-o", out, "--map", "L1.*"], capsys)
     assert_error(code, err, BAD_INPUT, "--map 'L1.*' is not OLD=NEW", hint=("e.g. --map",))
     assert_not_written(out)
+
+
+def test_model_beside_a_data_file_of_another_save(tmp_path, capsys):
+    # What a writer killed between its two renames leaves: the old model, the new data.
+    model = serde.load(AE_EXT)
+    old, new = tmp_path / "old" / "m.onnx", tmp_path / "new" / "m.onnx"
+    for path in (old, new):
+        path.parent.mkdir()
+        serde.save(model, path, external_data=True)
+    shutil.copyfile(new.with_name("m.onnx.data"), old.with_name("m.onnx.data"))
+    code, _, err = run(["info", old], capsys)
+    assert_error(code, err, BAD_INPUT, "m.onnx and its data file 'm.onnx.data' were written by different saves", hint=("write the model again",))
+    code, _, err = run(["info", new], capsys)
+    assert code == OK, err
