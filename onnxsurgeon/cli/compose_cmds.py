@@ -17,7 +17,7 @@ def compose(
     recipe: Annotated[Path, typer.Argument(help="The recipe (TOML); model paths in it are relative to it.", show_default=False, metavar="RECIPE")],
     out_path: Annotated[Path | None, typer.Option("-o", "--output", help="Where to write the network.")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed of new layers' parameters (overrides the recipe's).")] = None,
-    external_data: Annotated[bool, typer.Option("--external-data", help="Write weights to OUT.data beside the network.")] = False,
+    external_data: Annotated[bool, typer.Option("--external-data", help="Write weights to one file beside the network: OUT.data for -o OUT.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Allow the output to replace a model the recipe reads.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the plan; write nothing.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,

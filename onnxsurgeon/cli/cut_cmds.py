@@ -26,7 +26,7 @@ def extract(
     params: Annotated[str, typer.Option("--params", help="learnable, constant (frozen, inference form) or shared.")] = "learnable",
     out_path: Annotated[Path | None, typer.Option("-o", "--output", help="Where to write the piece.")] = None,
     auto_inputs: Annotated[bool, typer.Option("--auto-inputs", help="Add graph inputs the outputs need instead of failing.")] = False,
-    external_data: Annotated[bool, typer.Option("--external-data", help="Write weights to OUT.data beside the piece.")] = False,
+    external_data: Annotated[bool, typer.Option("--external-data", help="Write weights to one file beside the piece: OUT.data for -o OUT.")] = False,
     data: Annotated[
         Path | None,
         typer.Option("--data", help="An .npz of the model's inputs, run once if shape inference cannot type a boundary value."),

@@ -128,7 +128,7 @@ def train(
     threads: Annotated[int, typer.Option("--threads", help="onnxruntime threads (1 gives exactly reproducible sums).")] = 1,
     plot: Annotated[Path | None, typer.Option("--plot", help="Draw the loss per epoch to this PNG (needs matplotlib; else a sparkline is shown).")] = None,
     log: Annotated[Path | None, typer.Option("--log", help="The JSON-lines metrics log (default: OUTPUT.metrics.jsonl, or in --checkpoint-dir).")] = None,
-    external_data: Annotated[bool, typer.Option("--external-data", help="Write weights to OUT.data beside the model.")] = False,
+    external_data: Annotated[bool, typer.Option("--external-data", help="Write weights to one file beside the model: OUT.data for -o OUT.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Allow the output to replace the input model.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Check the model, loss and data and show what would be trained; write nothing.")] = False,
     as_json: Json = False,
