@@ -184,18 +184,19 @@ def _check_pairing(model: onnx.ModelProto, path: Path, used: set[str]) -> None:
         location, saved = entry["file"], entry["id"]
     except (ValueError, TypeError, KeyError, RecursionError):
         return  # no record (another tool wrote the model), or a damaged one
-    if location not in used:
-        return  # the data was written inline since; the record is stale
-    with open(path.parent / location, "rb") as f:
-        head = f.read(DATA_HEADER)
+    if not isinstance(location, str) or not isinstance(saved, str) or location not in used:
+        return  # a damaged record, or the data was written inline since
+    try:
+        with open(path.parent / location, "rb") as f:
+            head = f.read(DATA_HEADER)
+    except OSError:
+        return  # reading the weights will report it
     if head.startswith(DATA_MAGIC) and head[len(DATA_MAGIC):].rstrip(b"\0") != saved.encode():
         raise InputError(
             f"{path.name} and its data file {location!r} were written by different saves "
             "(the last write of the model was interrupted)",
             "write the model again",
         )
-
-
 
 
 def _set_external(tensor: onnx.TensorProto, location: str, info: dict[str, str]) -> None:

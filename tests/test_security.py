@@ -189,3 +189,17 @@ def test_the_static_check_catches_what_it_looks_for(tmp_path, monkeypatch):
     with pytest.raises(AssertionError) as e:
         test_the_package_never_executes_or_unpickles_what_it_reads()
     assert all(f"m{k}.py" in str(e.value) for k in range(len(samples)))
+
+
+@pytest.mark.parametrize("record", ['{"file": ["x"], "id": 1}', '{"file": "autoencoder.onnx.data", "id": 7}', '[[[[', '{"file": "autoencoder.onnx.data"}'])
+def test_crafted_save_record_is_ignored(tmp_path, record):
+    # The record that pairs a model with its data file (onnxsurgeon.data) is only compared,
+    # never trusted: a damaged or crafted one is ignored.
+    folder = tmp_path / "m"
+    shutil.copytree(AE_EXT.parent, folder)
+    path = folder / "autoencoder.onnx"
+    model = onnx.load(str(path), load_external_data=False)
+    entry = model.metadata_props.add()
+    entry.key, entry.value = "onnxsurgeon.data", record
+    path.write_bytes(model.SerializeToString())
+    assert len(osg.load(path).graph.initializer) == 16
