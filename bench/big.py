@@ -55,6 +55,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 import bigmodel  # noqa: E402
+from extract_speed import library_version  # noqa: E402
 
 HWM = HERE / "_hwm.py"
 MB = 1e6
@@ -337,17 +338,6 @@ def run_check(spec: dict, what: str, cwd: Path) -> dict:
 
 
 # --- the benchmark -----------------------------------------------------------------------
-
-
-def library_version() -> str:
-    try:
-        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "onnxsurgeon"],
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "onnxsurgeon (commit unknown)"
-    return f"onnxsurgeon {head}" + (" + uncommitted changes" if dirty else "")
 
 
 def merged_ranges(tensors: list[list], folder: Path) -> list:

@@ -143,20 +143,7 @@ def closed_cut(g: RandomGraph, rng: random.Random) -> tuple[list[str], list[str]
     candidates = [v for v in g.values if v not in g.inputs]
     outputs = rng.sample(candidates, rng.randint(1, min(3, len(candidates))))
     frontier = {v for v in g.values if rng.random() < 0.3} - set(outputs)
-    inputs: list[str] = []
-    seen: set[str] = set()
-    stack = list(outputs)
-    while stack:
-        v = stack.pop()
-        if v in seen:
-            continue
-        seen.add(v)
-        if v in frontier or v in g.inputs:
-            inputs.append(v)
-            continue
-        stack.extend(g.reads[v])
-    order = {v: i for i, v in enumerate(g.values)}
-    inputs.sort(key=order.__getitem__)
+    inputs = needed_inputs(g, outputs, frontier)
     if rng.random() < 0.15:  # a value may be both an input and an output of the piece
         outputs.append(rng.choice(inputs))
     return inputs, outputs
