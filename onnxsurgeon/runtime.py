@@ -53,7 +53,8 @@ def _ort() -> Any:
 
 
 def session(model: onnx.ModelProto, what: str = "the model", optimize: bool = True) -> Any:
-    """An onnxruntime CPU session for a model, quiet, with external weights read in.
+    """An onnxruntime CPU session for a model, quiet; external weights are mapped from
+    their files, not copied.
 
     ``optimize=False`` turns off graph optimizations: fusions then cannot differ between a
     model and a piece of it, so the two compute bit for bit the same values."""
