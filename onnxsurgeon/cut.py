@@ -7,6 +7,7 @@ grows with the piece, after one linear pass that indexes the producers of all va
 
 from __future__ import annotations
 
+import bisect
 import json
 import re
 from dataclasses import dataclass, field
@@ -151,7 +152,7 @@ def extract(
     g.name, g.doc_string = graph.name, graph.doc_string
     kept = sorted(walk.keep)
     g.node.extend(index.nodes[i] for i in kept)
-    _unbind_cut_outputs(g, index, stop)
+    _unbind_cut_outputs(g, index, kept, stop)
     g.initializer.extend(t for t in graph.initializer if t.name in walk.params)
     g.sparse_initializer.extend(s for s in graph.sparse_initializer if s.values.name in walk.params)
     in_ports = [(s.new_name or r.value, r.value, s.type, r) for s, r in zip(in_specs, in_res)]
@@ -333,20 +334,26 @@ def _walk(index: GraphIndex, outputs: list[str], stop: set[str]) -> _Walk:
     return w
 
 
-def _unbind_cut_outputs(g: onnx.GraphProto, index: GraphIndex, stop: set[str]) -> None:
+def _unbind_cut_outputs(g: onnx.GraphProto, index: GraphIndex, kept: list[int], stop: set[str]) -> None:
     """A kept node with several outputs may also produce a value the cut takes as an input
     (``--in s_lo`` while ``s_hi`` is needed): that output now enters as a graph input, so
-    the node's copy writes it under an unused name instead (ONNX values have one producer)."""
+    the node's copy writes it under an unused name instead (ONNX values have one producer).
+    ``kept`` (sorted) lists the source index of each node of ``g``."""
     taken: set[str] = set()
-    for node in g.node:
-        for k, name in enumerate(node.output):
-            if name in stop:
-                new, n = f"{name}.unused", 1
-                while index.has_value(new) or new in taken or new in stop:
-                    n += 1
-                    new = f"{name}.unused{n}"
-                taken.add(new)
-                node.output[k] = new
+    found = []
+    for name in stop:
+        i = index.producer.get(name)
+        k = bisect.bisect_left(kept, i) if i is not None else len(kept)
+        if k < len(kept) and kept[k] == i:
+            found.append((k, name))
+    for k, name in sorted(found):
+        node = g.node[k]
+        new, n = f"{name}.unused", 1
+        while index.has_value(new) or new in taken or new in stop:
+            n += 1
+            new = f"{name}.unused{n}"
+        taken.add(new)
+        node.output[list(node.output).index(name)] = new
 
 
 def _path(index: GraphIndex, walk: _Walk, start: str) -> str:
