@@ -13,7 +13,10 @@ except ImportError:  # pragma: no cover - depends on the installed typer
 
 app = typer.Typer(
     name="onnxsurgeon",
-    help="Cut pieces out of trained ONNX models, freeze or share their parameters, and check them.",
+    help=(
+        "Cut pieces out of trained ONNX models, freeze or share their parameters, check them, "
+        "compose them into new networks and train them on."
+    ),
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -32,9 +35,9 @@ def _version(value: bool) -> None:
 def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
 ) -> None:
-    """Cut pieces out of trained ONNX models, freeze or share their parameters, and check them."""
+    """onnxsurgeon: the options that come before a command."""
 
 
 from onnxsurgeon.cli import compose_cmds, cut_cmds, inspect_cmds, train_cmds  # noqa: E402  (commands register on import)
 
-__all__ = ["app", "click", "compose_cmds", "cut_cmds", "inspect_cmds"]
+__all__ = ["app", "click", "compose_cmds", "cut_cmds", "inspect_cmds", "train_cmds"]
