@@ -10,6 +10,7 @@ import onnx
 
 from onnxsurgeon import serde
 from onnxsurgeon.errors import EnvironmentProblem, InputError
+from onnxsurgeon.graph import subgraphs
 
 # onnxruntime 1.19 reads models up to these versions.
 MAX_IR = 10
@@ -107,10 +108,7 @@ def nesting(graph: onnx.GraphProto) -> int:
         g, depth = stack.pop()
         deepest = max(deepest, depth)
         for node in g.node:
-            for attr in node.attribute:
-                if attr.HasField("g"):
-                    stack.append((attr.g, depth + 1))
-                stack.extend((sub, depth + 1) for sub in attr.graphs)
+            stack.extend((sub, depth + 1) for sub in subgraphs(node))
     return deepest
 
 

@@ -7,6 +7,7 @@ absolute, and their bytes are read only when a model that still needs them is sa
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import errno
 import hashlib
@@ -219,11 +220,15 @@ def read_external(tensor: onnx.TensorProto) -> bytes:
     except OSError as e:
         raise InputError(f"cannot read external data of tensor {tensor.name!r}: {e}") from None
     if length >= 0 and len(data) != length:
-        raise InputError(
-            f"external data of tensor {tensor.name!r} is truncated: {len(data)} of {length} bytes",
-            "re-export the model or restore its .data file",
-        )
+        raise _truncated(tensor, len(data), length)
     return data
+
+
+def _truncated(tensor: onnx.TensorProto, got: int, length: int) -> InputError:
+    return InputError(
+        f"external data of tensor {tensor.name!r} is truncated: {got} of {length} bytes",
+        "re-export the model or restore its .data file",
+    )
 
 
 def to_array(tensor: onnx.TensorProto):
@@ -266,12 +271,13 @@ def _inline(tensor: onnx.TensorProto) -> None:
     tensor.data_location = onnx.TensorProto.DEFAULT
 
 
-def materialize(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of the model with every external tensor read into memory."""
+def materialize(model: onnx.ModelProto, keep: Collection[str] = ()) -> onnx.ModelProto:
+    """A copy of the model with every external tensor read into memory, but for the
+    initializers named in ``keep``, which stay references."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     for tensor in iter_model_tensors(out):
-        if is_external(tensor):
+        if is_external(tensor) and tensor.name not in keep:
             _inline(tensor)
     return out
 
@@ -280,12 +286,7 @@ def to_bytes(model: onnx.ModelProto, keep: Collection[str] = ()) -> bytes:
     """Serialised bytes with all weights inline (for onnxruntime or a small model file),
     but for the external initializers named in ``keep``, which stay references."""
     if _has_external(model):
-        out = onnx.ModelProto()
-        out.CopyFrom(model)
-        for tensor in iter_model_tensors(out):
-            if is_external(tensor) and tensor.name not in keep:
-                _inline(tensor)
-        model = out
+        model = materialize(model, keep)
     return model.SerializeToString()
 
 
@@ -333,7 +334,7 @@ def save(model: onnx.ModelProto, path: str | os.PathLike[str], external_data: bo
         others = itertools.islice(iter_model_tensors(model), len(model.graph.initializer), None)
         if any(is_external(t) for t in others):
             model = materialize(model)  # rare: external tensors outside the initializers
-        return [_atomic_write(path, lambda f: wire.write_streaming(model, f, is_external, read_external))]
+        return [write_atomically(path, lambda f: wire.write_streaming(model, f, is_external, read_external))]
     data_path = path.with_name(path.name + ".data")
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -342,16 +343,10 @@ def save(model: onnx.ModelProto, path: str | os.PathLike[str], external_data: bo
     # Both files are written in full before either is renamed: a failure while writing (a
     # full disk) leaves the old model and its old data file as they were.
     data_tmp = _write_temp(data_path, lambda f: _write_external(out, f, data_path.name, save_id))
-    try:
+    with _discarded_on_failure(data_tmp, data_path):
         model_tmp = _write_temp(path, lambda f: f.write(out.SerializeToString()))
-    except BaseException:
-        _discard(data_tmp)
-        raise
-    try:
+    with _discarded_on_failure(model_tmp, path):
         _commit(data_tmp, data_path)
-    except BaseException:
-        _discard(model_tmp)
-        raise
     _commit(model_tmp, path)
     return [data_path, path]
 
@@ -399,10 +394,7 @@ def _copy_external(tensor: onnx.TensorProto, f: BinaryIO) -> int:
     except OSError as e:
         raise InputError(f"cannot read external data of tensor {tensor.name!r}: {e}") from None
     if done != length:
-        raise InputError(
-            f"external data of tensor {tensor.name!r} is truncated: {done} of {length} bytes",
-            "re-export the model or restore its .data file",
-        )
+        raise _truncated(tensor, done, length)
     return length
 
 
@@ -439,8 +431,9 @@ def _mode_for(path: Path) -> int:
         return 0o666 & ~umask
 
 
-def _atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> Path:
-    """Write a file through ``write(f)`` under a temporary name, flush it, and rename it."""
+def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> Path:
+    """Write a file through ``write(f)`` under a temporary name beside it, flush and sync
+    it, and rename it over ``path``: readers see the old file or the new one, never half."""
     _commit(_write_temp(path, write), path)
     return path
 
@@ -452,24 +445,27 @@ def _write_temp(path: Path, write: Callable[[BinaryIO], object]) -> str:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     except OSError as e:
         raise InputError(f"cannot write {path}: {e.strerror}", "choose a writable output folder") from None
-    try:
+    with _discarded_on_failure(tmp, path):
         os.fchmod(fd, _mode_for(path))
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-    except BaseException as e:
-        _discard(tmp)
-        if isinstance(e, OSError):
-            raise InputError(f"cannot write {path}: {e.strerror}", "check free space and permissions") from None
-        raise
     return tmp
 
 
 def _commit(tmp: str, path: Path) -> None:
     """Rename a finished temporary file over ``path`` in one step."""
-    try:
+    with _discarded_on_failure(tmp, path):
         os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _discarded_on_failure(tmp: str, path: Path) -> Iterator[None]:
+    """On any failure, Ctrl-C included, remove the temporary file; a failed write is
+    reported as one that cannot be done (disk full, permissions)."""
+    try:
+        yield
     except BaseException as e:
         _discard(tmp)
         if isinstance(e, OSError):

@@ -24,7 +24,7 @@ from onnxsurgeon.train.optim import OptimizerSettings, Schedule
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
-from test_train_stack import mlp  # noqa: E402
+from test_train_stack import mlp, mlp_grads  # noqa: E402
 
 RNG = np.random.default_rng(7)
 X = RNG.standard_normal((12, 3)).astype(np.float32)
@@ -161,16 +161,6 @@ def test_data_problems_are_reported_together(fixture_path):
 # ---------------------------------------------------------------- one step against numpy
 
 
-def mlp_forward_grads(p, x=X, t=T):
-    x = x.astype(np.float64)
-    h1 = x @ p["W1"] + p["b1"]
-    h2 = np.maximum(h1, 0)
-    y = h2 @ p["W2"] + p["b2"]
-    dy = 2 * (y - t) / y.size
-    dh1 = (dy @ p["W2"].T) * (h1 > 0)
-    return {"W1": x.T @ dh1, "b1": dh1.sum(0), "W2": h2.T @ dy, "b2": dy.sum(0)}
-
-
 def test_sgd_momentum_steps_match_numpy():
     lr, mu, wd = 0.1, 0.9, 0.01
     trained, report = train(mlp(), {"x": X, "t": T}, settings(
@@ -179,7 +169,7 @@ def test_sgd_momentum_steps_match_numpy():
     p = init(mlp())
     buf = {k: np.zeros_like(v) for k, v in p.items()}
     for _ in range(3):
-        g = mlp_forward_grads(p)
+        g = mlp_grads(p, X, T)
         for k in p:
             d = g[k] + wd * p[k]
             buf[k] = mu * buf[k] + d
@@ -200,7 +190,7 @@ def test_adam_steps_match_torch_formulas(name):
     m = {k: np.zeros_like(v) for k, v in p.items()}
     v = {k: np.zeros_like(x) for k, x in p.items()}
     for t in range(1, 4):
-        g = mlp_forward_grads(p)
+        g = mlp_grads(p, X, T)
         for k in p:
             gk = g[k] + (wd * p[k] if name == "adam" else 0)  # torch Adam: L2; AdamW: decoupled
             m[k] = b1 * m[k] + (1 - b1) * gk
@@ -217,7 +207,7 @@ def test_gradient_clipping_matches_torch():
     lr, clip = 0.1, 0.05
     trained, _ = train(mlp(), {"x": X, "t": T}, settings(optimizer=OptimizerSettings("sgd", lr=lr, clip_norm=clip)))
     p = init(mlp())
-    g = mlp_forward_grads(p)
+    g = mlp_grads(p, X, T)
     norm = np.sqrt(sum((v**2).sum() for v in g.values()))
     assert norm > clip
     got = after(trained)

@@ -86,13 +86,13 @@ X = DATA.standard_normal((5, 3)).astype(np.float32)
 TARGET = DATA.standard_normal((5, 2)).astype(np.float32)
 
 
-def mlp_grads(p: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Gradients of mean((y - TARGET)^2) for mlp(), in float64."""
-    x = X.astype(np.float64)
+def mlp_grads(p: dict[str, np.ndarray], x: np.ndarray = X, t: np.ndarray = TARGET) -> dict[str, np.ndarray]:
+    """Gradients of mean((y - t)^2) for mlp() on x, in float64."""
+    x = x.astype(np.float64)
     h1 = x @ p["W1"] + p["b1"]
     h2 = np.maximum(h1, 0)
     y = h2 @ p["W2"] + p["b2"]
-    dy = 2 * (y - TARGET) / y.size
+    dy = 2 * (y - t) / y.size
     dh1 = (dy @ p["W2"].T) * (h1 > 0)
     return {"W1": x.T @ dh1, "b1": dh1.sum(0), "W2": h2.T @ dy, "b2": dy.sum(0)}
 

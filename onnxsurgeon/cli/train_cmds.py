@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -257,14 +255,12 @@ def _plot(report, path: Path) -> Path | None:
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
     ax.legend()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent if str(path.parent) else ".")
-    os.close(fd)
+    from onnxsurgeon import serde
+
     try:
-        fig.savefig(tmp)
-        os.replace(tmp, path)
+        serde.write_atomically(path, lambda f: fig.savefig(f, format="png"))
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
     return path
 
 
@@ -330,6 +326,7 @@ def run_(
     import numpy as np
 
     import onnxsurgeon as osg
+    from onnxsurgeon import serde
     from onnxsurgeon.compare import load_data
     from onnxsurgeon.train.evaluate import run
 
@@ -345,16 +342,7 @@ def run_(
         elif not quiet:
             output.out.print("would write: " + ", ".join(f"{k} {v}" for k, v in shapes.items()), markup=False)
         return
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **results)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    serde.write_atomically(out_path, lambda f: np.savez(f, **results))
     if as_json:
         output.emit_json({"written": str(out_path), "outputs": shapes})
     elif not quiet:

@@ -19,7 +19,6 @@ import io
 import json
 import os
 import re
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from onnxsurgeon import serde
 from onnxsurgeon.errors import InputError
 
 FORMAT = "onnxsurgeon-checkpoint"
@@ -63,23 +63,13 @@ def save(folder: str | os.PathLike, step: int, ort_state: bytes, arrays: Mapping
         np.lib.format.write_array(buf, np.ascontiguousarray(arrays[name]), allow_pickle=False)
         members.append((f"arrays/{k}.npy", buf.getvalue()))
     info = dict(meta, format=FORMAT, version=VERSION, step=step, arrays=names, members=[m for m, _ in members])
-    path = folder / file_name(step)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as z:
-                z.writestr("meta.json", json.dumps(info, indent=1, sort_keys=True))
-                for m, data in members:
-                    z.writestr(m, data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    def write(f) -> None:
+        with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as z:
+            z.writestr("meta.json", json.dumps(info, indent=1, sort_keys=True))
+            for m, data in members:
+                z.writestr(m, data)
+
+    path = serde.write_atomically(folder / file_name(step), write)
     _sync_folder(folder)
     return path
 
