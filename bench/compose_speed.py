@@ -32,7 +32,7 @@ sys.path.insert(0, str(HERE.parent))
 import synth
 
 from onnxsurgeon import runtime
-from onnxsurgeon.compose import Network, load_piece
+from onnxsurgeon.composition import Network, load_piece
 
 
 def compose_chain(piece, uses: int) -> tuple[onnx.ModelProto, float]:

@@ -29,11 +29,11 @@ _EXPORTS = {
     "params": "onnxsurgeon.inspection",
     "info": "onnxsurgeon.inspection",
     "resolve": "onnxsurgeon.names",
-    "compose": "onnxsurgeon.compose",
-    "Network": "onnxsurgeon.compose",
-    "Piece": "onnxsurgeon.compose",
-    "load_piece": "onnxsurgeon.compose",
-    "ComposeReport": "onnxsurgeon.compose",
+    "compose": "onnxsurgeon.composition",
+    "Network": "onnxsurgeon.composition",
+    "Piece": "onnxsurgeon.composition",
+    "load_piece": "onnxsurgeon.composition",
+    "ComposeReport": "onnxsurgeon.composition",
     "TrainSettings": "onnxsurgeon.train.loop",
     "TrainReport": "onnxsurgeon.train.loop",
     "OptimizerSettings": "onnxsurgeon.train.optim",
@@ -49,7 +49,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
-    from onnxsurgeon.compose import ComposeReport, Network, Piece, compose, load_piece
+    from onnxsurgeon.composition import ComposeReport, Network, Piece, compose, load_piece
     from onnxsurgeon.cut import ExtractReport, extract
     from onnxsurgeon.errors import CheckFailed, EnvironmentProblem, InputError, SurgeonError
     from onnxsurgeon.inspection import info, nodes, params

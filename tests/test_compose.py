@@ -16,7 +16,8 @@ from onnx import helper, numpy_helper
 import onnxsurgeon as osg
 from onnxsurgeon import meta, runtime, serde
 from onnxsurgeon.compare import random_inputs
-from onnxsurgeon.compose import Network, PieceError, _Template, compose, load_piece
+from onnxsurgeon.composition import Network, PieceError, compose, load_piece
+from onnxsurgeon.composition.inline import _Template
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"

@@ -31,7 +31,7 @@ def compose(
     Example: onnxsurgeon compose examples/kl_adaptation/recipe.toml -o kl.onnx
     """
     from onnxsurgeon import serde
-    from onnxsurgeon.compose import compose as build
+    from onnxsurgeon.composition import compose as build
 
     if out_path is None and not dry_run:
         raise InputError("no output file given", "add -o OUT.onnx, or --dry-run to see the plan")
