@@ -22,7 +22,7 @@ from typing import BinaryIO
 import onnx
 from google.protobuf.message import DecodeError
 
-from onnxsurgeon import meta, wire
+from onnxsurgeon import faults, meta, wire
 from onnxsurgeon.errors import InputError
 
 # Tensors at least this large go to the external data file when a model is written with
@@ -448,9 +448,10 @@ def _write_temp(path: Path, write: Callable[[BinaryIO], object]) -> str:
     with _discarded_on_failure(tmp, path):
         os.fchmod(fd, _mode_for(path))
         with os.fdopen(fd, "wb") as f:
-            write(f)
+            write(faults.watch(f))
             f.flush()
             os.fsync(f.fileno())
+    faults.reached("synced")
     return tmp
 
 
@@ -458,6 +459,7 @@ def _commit(tmp: str, path: Path) -> None:
     """Rename a finished temporary file over ``path`` in one step."""
     with _discarded_on_failure(tmp, path):
         os.replace(tmp, path)
+    faults.reached("renamed")
 
 
 @contextlib.contextmanager

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from onnxsurgeon import __version__
+from onnxsurgeon import __version__, faults
 from onnxsurgeon.errors import InputError
 from onnxsurgeon.expr import TensorType
 from onnxsurgeon.train import artifacts, checkpoint, data as data_mod, losses, ort, prepare, weights
@@ -421,6 +421,7 @@ class _Run:
                     "batches": self.spe, "loss": loss, "lr": lr, "examples": n,
                     "metrics": dict(zip(metric_names, values)), "seconds": dt,
                 })
+                faults.reached("step")
                 if s.checkpoint_every and self.step % s.checkpoint_every == 0 and self.batch < self.spe:
                     self._checkpoint()
             self._end_epoch()
@@ -490,6 +491,7 @@ class _Run:
         }
         arrays = self.sgd.state() if self.sgd is not None else {}
         path = checkpoint.save(folder, self.step, blob, arrays, meta)
+        faults.reached("checkpoint")
         removed = checkpoint.prune(folder, s.keep)
         self.written.append(str(path))
         self.last_saved = self.step
