@@ -1,8 +1,12 @@
 """Turning the names a user writes into values of the model (SPEC section 1).
 
 A name is an exact value name, else an exact node name (its output; ``NODE:INDEX`` for a
-node with several), else a CNTK alias in which ``.``, ``[`` and ``]`` may each be written
-``_``. All names are resolved before any work and every miss is reported at once.
+node with several), else an alias: CNTK's rule (``.``, ``[`` and ``]`` may each be written
+``_``) extended so that every value can be named in an expression: any character that
+cannot stand in an identifier may be written ``_``, and a name that starts with a digit may
+get a leading ``_`` (``gpu_0_softmax_1`` for ``gpu_0/softmax_1``, ``_layer1_Add_output_0``
+for ``/layer1/Add_output_0``). All names are resolved before any work and every miss is
+reported at once.
 """
 
 from __future__ import annotations
@@ -15,13 +19,22 @@ from functools import cached_property
 from onnxsurgeon.errors import InputError
 from onnxsurgeon.graph import GraphIndex
 
-_ALIAS = str.maketrans({".": "_", "[": "_", "]": "_"})
+_NOT_IDENTIFIER = re.compile(r"\W")  # \w: the characters that may continue a Python identifier
 _NODE_INDEX = re.compile(r"^(.*):(\d+)$")
 
 
 def alias(name: str) -> str:
-    """The CNTK alias of a name: ``.``, ``[`` and ``]`` written as ``_``."""
-    return name.translate(_ALIAS)
+    """The alias of a name, an identifier: every character that cannot stand in one written
+    ``_`` (CNTK's ``.``, ``[`` and ``]`` among them), and a ``_`` in front of a leading digit.
+
+    Two names denote the same value by alias when their aliases are equal; the alias of an
+    alias is itself, so ``alias(query) == alias(name)`` is the whole rule (``0_x``, ``_0_x``
+    and ``0.x`` all match ``0/x``).
+    """
+    out = _NOT_IDENTIFIER.sub("_", name)
+    if out and not out[0].isidentifier():  # a digit (or a mark) cannot start an identifier
+        out = "_" + out
+    return out
 
 
 @dataclass(frozen=True)

@@ -205,9 +205,12 @@ def split_names(model: onnx.ModelProto, names: Sequence[str], arrays: Mapping[st
 def unknown_names_error(missing: list[str], model: onnx.ModelProto, arrays: Mapping[str, Any], label: str) -> InputError:
     index = GraphIndex(model.graph)
     pool = [alias(n) for n in (*index.outputs, *index.inputs)] + list(arrays)
+    resolver = Resolver(index)
     parts = []
     for name in missing:
         close = difflib.get_close_matches(name, pool, n=3, cutoff=0.6)
+        # any other value, written as its alias: what an expression can name
+        close += [a for a in (alias(n) for n in resolver.suggest(name, 3)) if a not in close][: 3 - len(close)]
         parts.append(f"{name!r}" + (f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""))
     outputs = ", ".join(alias(n) for n in index.outputs)
     return InputError(

@@ -1,9 +1,10 @@
 """Copying parameters from one model or checkpoint into another by name (``transfer``).
 
 Every parameter of the destination (a floating-point initializer with at least one
-dimension) looks for its source: the same name, else the same CNTK alias (``L4_W`` for
-``L4.W``), else a rename map ``OLD=NEW`` in which ``*`` stands for any text (``enc.*=encoder/*``
-gives ``encoder/L1.W`` the value of ``enc.L1.W``). The report lists what matched and how,
+dimension) looks for its source: the same name, else the same alias (``L4_W`` for
+``L4.W``, ``_enc_L4_W`` for ``/enc/L4.W``; :mod:`onnxsurgeon.names`), else a rename map
+``OLD=NEW`` in which ``*`` stands for any text (``enc.*=encoder/*`` gives ``encoder/L1.W`` the
+value of ``enc.L1.W``). A map may be written in aliases on either side (``enc_*=_encoder_*``). The report lists what matched and how,
 the destination parameters without a source (missing), the source parameters nothing took
 (unexpected) and the pairs whose shape or type differ (not copied).
 """
@@ -106,11 +107,13 @@ def transfer(
     for name in src:
         by_alias.setdefault(alias(name), []).append(name)
     renamed: dict[str, str] = {}  # target name -> source name, from the maps (first rule wins)
+    renamed_alias: dict[str, list[str]] = {}  # the alias of a renamed target -> source names
     for name in src:
         for pattern, new in rules:
-            m = pattern.match(name)
+            m = pattern.match(name) or pattern.match(alias(name))  # a map may be written in aliases
             if m:
                 renamed.setdefault(_apply(new, m.groups()), name)
+                renamed_alias.setdefault(alias(_apply(new, m.groups())), []).append(name)
                 break
     matched: list[Match] = []
     missing: list[str] = []
@@ -124,6 +127,8 @@ def transfer(
             found, how = by_alias[alias(name)][0], "alias"
         elif name in renamed:
             found, how = renamed[name], "map"
+        elif len(set(renamed_alias.get(alias(name), []))) == 1:
+            found, how = renamed_alias[alias(name)][0], "map"
         else:
             missing.append(name)
             continue
