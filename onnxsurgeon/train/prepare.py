@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +44,7 @@ from onnxsurgeon import meta, serde
 from onnxsurgeon.errors import InputError
 from onnxsurgeon.graph import node_reads
 from onnxsurgeon.names import alias
+from onnxsurgeon.train import rewrite
 from onnxsurgeon.train.artifacts import MAX_IR, MAX_OPSET, prepare_for_gradients
 from onnxsurgeon.train.losses import opset_of, value_types
 
@@ -55,8 +56,10 @@ NO_GRADIENT = frozenset(
     Tan Atan Asin Acos Sinh Cosh Asinh Acosh Atanh Hardmax Shrink ReduceMax ReduceMin ReduceProd ReduceL1
     ReduceSumSquare ReduceLogSum Sum Mean PRelu InstanceNormalization GlobalMaxPool GlobalLpPool LpPool
     LpNormalization LRN SpaceToDepth DepthToSpace GroupNormalization Einsum CumSum RNN Loop If Scan
-    Mod""".split()
+    Mod CastLike Resize ReverseSequence Sign""".split()
 )
+# Of those, the ones rewrite.py writes in ops that have gradients (where it can; else the node is refused).
+REWRITTEN = frozenset(rewrite.REWRITES)
 
 # Inputs that take no gradient: indices, shapes, sizes, flags, running statistics.
 NOT_DIFFERENTIABLE = {
@@ -99,9 +102,13 @@ class Prepared:
     changes: tuple[str, ...]
     running_stats: tuple[str, ...]  # of BatchNormalization that trains: updated, not trained
     frozen: tuple[str, ...]
+    not_rewritten: tuple[tuple[str, str], ...] = ()  # (node, why) of nodes rewrite.py could not rewrite
 
     def to_dict(self) -> dict[str, Any]:
-        return {"changes": list(self.changes), "running_stats": list(self.running_stats), "frozen": list(self.frozen)}
+        return {
+            "changes": list(self.changes), "running_stats": list(self.running_stats), "frozen": list(self.frozen),
+            "not_rewritten": [list(p) for p in self.not_rewritten],
+        }
 
 
 @dataclass(frozen=True)
@@ -165,8 +172,14 @@ def _versions(model: onnx.ModelProto, changes: list[str]) -> onnx.ModelProto:
     return converted
 
 
-def prepare(model: onnx.ModelProto, /, frozen: set[str]) -> tuple[onnx.ModelProto, Prepared]:
-    """A copy of `model` that onnxruntime-training differentiates correctly (module docstring)."""
+def prepare(
+    model: onnx.ModelProto, /, frozen: set[str], fixed: Mapping[str, np.ndarray] | None = None
+) -> tuple[onnx.ModelProto, Prepared]:
+    """A copy of `model` that onnxruntime-training differentiates correctly (module docstring).
+
+    `fixed` holds the values of graph inputs fed whole at every step (``--fixed``): known
+    before training like constants, so an ``If`` they decide is folded to its branch and a
+    ``Loop`` they count is unrolled (:mod:`onnxsurgeon.train.rewrite`)."""
     changes: list[str] = []
     out = serde.materialize(model)  # a copy, with external weights read in (generate_artifacts needs them)
     if out.functions:
@@ -195,6 +208,9 @@ def prepare(model: onnx.ModelProto, /, frozen: set[str]) -> tuple[onnx.ModelProt
         return name
 
     types = value_types(out)
+    rewritten, not_rewritten = rewrite.rewrite_graph(out, candidates(out, frozen, ()), types, opset_of(out), fresh, fixed)
+    if rewritten:
+        types = value_types(out)
     consumed = {n for node in graph.node for n in node_reads(node)}
     running: list[str] = []
     nodes: list[onnx.NodeProto] = []
@@ -259,8 +275,11 @@ def prepare(model: onnx.ModelProto, /, frozen: set[str]) -> tuple[onnx.ModelProt
     if decomposed:
         listed = ", ".join(f"{n} {op}" for op, n in sorted(decomposed.items()))
         changes.append(f"written in elementary ops, which have gradients: {listed}")
+    if rewritten:
+        listed = ", ".join(f"{n} {op}" for op, n in sorted(rewritten.items()))
+        changes.append(f"rewritten in ops with gradients and CPU kernels: {listed}")
     out = prepare_for_gradients(out)
-    return out, Prepared(tuple(changes), tuple(running), tuple(sorted(frozen)))
+    return out, Prepared(tuple(changes), tuple(running), tuple(sorted(frozen)), tuple(sorted(not_rewritten.items())))
 
 
 def _fixed_batchnorm(node: onnx.NodeProto, types, fresh, label: str) -> list[onnx.NodeProto]:
@@ -432,8 +451,10 @@ def plan(model: onnx.ModelProto, /, loss: str, params: set[str], prepared: Prepa
         if any(o in needs for o in outs) and _no_gradient(node):
             blocked.append((node, sorted(before)))
     if blocked:
+        why = dict(prepared.not_rewritten)
         lines = [
             f"  - node {(n.name or n.output[0])!r} ({n.op_type}{_how(n)}), after {_few(before)}"
+            + (f"; not rewritten: {why[n.name or n.output[0]]}" if (n.name or n.output[0]) in why else "")
             for n, before in blocked
         ]
         params_before = sorted(set().union(*(set(b) for _, b in blocked)))

@@ -1,0 +1,364 @@
+"""Ops without a gradient (or without a CPU gradient kernel) in onnxruntime-training 1.19,
+written, in the training graph only, in ops that have both.
+
+:func:`rewrite_graph` is called by :func:`onnxsurgeon.train.prepare.prepare` on the copy it
+trains. It rewrites only the nodes that a parameter which may train reaches (through float
+values): a node in a frozen or constant part keeps its op, so what trained before trains
+bit for bit as before. Each op has one small function, registered in :data:`REWRITES`; a
+function returns the nodes that replace the node, or raises :class:`Unsupported` with the
+reason, which the refusal then quotes (``plan`` refuses a node without gradient only if
+it lies between a trained parameter and the loss).
+
+What onnxruntime-training 1.19.2 (CPU) does, measured on one-node models through
+generate_artifacts and a training step (tests/test_train_rewrite.py pins each):
+
+- no gradient builder: CastLike, ReduceMax, ReduceMin, GlobalMaxPool, InstanceNormalization,
+  GroupNormalization, LpNormalization, LRN, ReverseSequence, Einsum, Sign, If, Loop, Scan;
+- a gradient builder but no CPU kernel: Resize (``ResizeGrad``: the Module cannot be built);
+- a kernel that fails at run time: Slice with a negative step (``SliceGrad``: narrowing_error),
+  so sequences are reversed with Gather;
+- gradients that work and match finite differences: Cast, TopK and ArgMax+GatherElements
+  (GatherElementsGrad), MaxPool, Gather, Expand, Reshape, Transpose, MatMul (a constant left
+  operand broadcast over batch dimensions too), ReduceSum, ReduceMean, ReduceL2, Pow, Sqrt,
+  Abs, Where, Concat, Unsqueeze, Squeeze, Pad, Tile, Max, Min, LSTM and GRU (forward).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from onnxsurgeon.expr import TensorType
+from onnxsurgeon.graph import node_reads
+
+# Unrolling a Loop or Scan stops (and the node is refused) beyond this many nodes in all.
+MAX_UNROLLED_NODES = 20_000
+
+FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
+
+
+class Unsupported(Exception):
+    """A node of a rewritten op that cannot be rewritten here; the message says why."""
+
+
+@dataclass
+class Context:
+    """What a rewrite may read: value types, values known before training, the opset."""
+
+    types: dict[str, TensorType]
+    known: dict[str, np.ndarray]  # constants and inputs fed whole (--fixed): known before training
+    opset: int
+    fresh: Callable[[str], str]
+    model: onnx.ModelProto  # for evaluating values from known ones
+    trains: set[str] = field(default_factory=set)  # parameters that may train: not known for deciding a branch
+    unrolled: list[int] = field(default_factory=lambda: [0])
+
+    def static(self, name: str) -> tuple[int, ...] | None:
+        t = self.types.get(name)
+        if t is None or t.shape is None or not all(isinstance(d, int) for d in t.shape):
+            return None
+        return tuple(t.shape)  # type: ignore[arg-type]
+
+    def rank(self, name: str) -> int | None:
+        t = self.types.get(name)
+        return None if t is None else t.rank
+
+    def elem(self, name: str) -> int | None:
+        t = self.types.get(name)
+        return None if t is None else t.elem
+
+
+class Builder:
+    """Nodes written for one rewritten node, named after it."""
+
+    def __init__(self, node: onnx.NodeProto, cx: Context) -> None:
+        self.node, self.cx = node, cx
+        self.label = node.name or node.output[0]
+        self.nodes: list[onnx.NodeProto] = []
+        t = cx.types.get(node.input[0]) if node.input and node.input[0] else None
+        self.dtype = helper.tensor_dtype_to_np_dtype(t.elem if t is not None and t.elem in FLOATS else onnx.TensorProto.FLOAT)
+
+    def op(self, kind: str, *inputs: str, out: str | None = None, n: int = 1, **attrs) -> str:
+        outs = [out] if out is not None else [self.cx.fresh(f"{self.label}/{kind.lower()}") for _ in range(n)]
+        self.nodes.append(helper.make_node(kind, list(inputs), outs, name=self.cx.fresh(f"{self.label}/{kind}"), **attrs))
+        return outs[0]
+
+    def ops(self, kind: str, *inputs: str, outs: list[str], **attrs) -> list[str]:
+        self.nodes.append(helper.make_node(kind, list(inputs), outs, name=self.cx.fresh(f"{self.label}/{kind}"), **attrs))
+        return outs
+
+    def const(self, value, dtype=None) -> str:
+        array = np.array(value, dtype if dtype is not None else self.dtype)
+        name = self.cx.fresh(f"{self.label}/c")
+        self.nodes.append(helper.make_node("Constant", [], [name], name=name, value=numpy_helper.from_array(array)))
+        return name
+
+    def ints(self, values) -> str:
+        return self.const(list(values), np.int64)
+
+    def reduce(self, kind: str, x: str, axes: list[int], keepdims: int = 1, out: str | None = None) -> str:
+        """ReduceSum/Mean/L2 over `axes`, in the form of the opset (axes as an input from 18, 13 for ReduceSum)."""
+        if kind == "ReduceSum" or self.cx.opset >= 18:
+            return self.op(kind, x, self.ints(axes), out=out, keepdims=keepdims)
+        return self.op(kind, x, out=out, axes=list(axes), keepdims=keepdims)
+
+
+def attrs_of(node: onnx.NodeProto) -> dict:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _text(v) -> str:
+    return v.decode() if isinstance(v, bytes) else v
+
+
+def known_value(name: str, cx: Context) -> np.ndarray | None:
+    return cx.known.get(name) if name else None
+
+
+# ---------------------------------------------------------------- CastLike
+
+
+def cast_like(node: onnx.NodeProto, cx: Context) -> list[onnx.NodeProto]:
+    """CastLike(x, like) -> Cast(x, to=type of like)."""
+    to = cx.elem(node.input[1])
+    if to is None:
+        raise Unsupported(f"the type of {node.input[1]!r} is not known")
+    b = Builder(node, cx)
+    extra = {k: v for k, v in attrs_of(node).items() if k == "saturate"}
+    b.op("Cast", node.input[0], out=node.output[0], to=to, **extra)
+    return b.nodes
+
+
+# ---------------------------------------------------------------- ReduceMax, ReduceMin, GlobalMaxPool
+
+
+def _extreme(b: Builder, x: str, y: str, axes: list[int] | None, keepdims: int, rank: int, largest: int) -> None:
+    """max (largest=1) or min of `x` over `axes` (None: all) as TopK(k=1) over the reduced
+    axes moved last and flattened; TopK's gradient (GatherElementsGrad) has a CPU kernel."""
+    axes = sorted({a % rank for a in axes}) if axes is not None else list(range(rank))
+    kept = [i for i in range(rank) if i not in axes]
+    perm = kept + axes
+    moved = b.op("Transpose", x, perm=perm) if perm != list(range(rank)) else x
+    flat = b.op("Reshape", moved, b.ints([0] * len(kept) + [-1]))
+    top = b.ops("TopK", flat, b.ints([1]), outs=[b.cx.fresh(f"{b.label}/topk"), b.cx.fresh(f"{b.label}/topk_index")], axis=-1, largest=largest)[0]
+    if not keepdims:
+        b.op("Reshape", top, b.ints([0] * len(kept)), out=y)
+        return
+    if perm == list(range(rank)):
+        b.op("Reshape", top, b.ints([0] * len(kept) + [1] * len(axes)), out=y)
+        return
+    ones = b.op("Reshape", top, b.ints([0] * len(kept) + [1] * len(axes)))
+    b.op("Transpose", ones, out=y, perm=[int(i) for i in np.argsort(perm)])
+
+
+def reduce_extreme(node: onnx.NodeProto, cx: Context) -> list[onnx.NodeProto]:
+    """ReduceMax/ReduceMin (axes as attribute or, from opset 18, input) -> TopK(k=1)."""
+    a = attrs_of(node)
+    x = node.input[0]
+    rank = cx.rank(x)
+    if rank is None:
+        raise Unsupported(f"the rank of its input {x!r} is not known")
+    if len(node.input) > 1 and node.input[1]:
+        value = known_value(node.input[1], cx)
+        if value is None:
+            raise Unsupported(f"its axes {node.input[1]!r} are computed while the model runs")
+        axes = [int(v) for v in np.asarray(value).reshape(-1)]
+    else:
+        axes = [int(v) for v in a.get("axes", [])]
+    b = Builder(node, cx)
+    if not axes and a.get("noop_with_empty_axes", 0):
+        b.op("Identity", x, out=node.output[0])
+        return b.nodes
+    _extreme(b, x, node.output[0], axes or None, int(a.get("keepdims", 1)), rank, 1 if node.op_type == "ReduceMax" else 0)
+    return b.nodes
+
+
+def global_max_pool(node: onnx.NodeProto, cx: Context) -> list[onnx.NodeProto]:
+    """GlobalMaxPool -> the max over the spatial axes, kept as ones (TopK(k=1))."""
+    x = node.input[0]
+    rank = cx.rank(x)
+    if rank is None:
+        raise Unsupported(f"the rank of its input {x!r} is not known")
+    b = Builder(node, cx)
+    _extreme(b, x, node.output[0], list(range(2, rank)), 1, rank, 1)
+    return b.nodes
+
+
+# ---------------------------------------------------------------- Resize
+
+
+def _axis_matrix(node: onnx.NodeProto, cx: Context, size: int, scale: float | None, out_size: int | None) -> np.ndarray:
+    """The [out, in] matrix by which Resize maps one axis of length `size`: onnxruntime's own
+    Resize applied to the identity (Resize is linear and acts on each axis separately)."""
+    from onnxsurgeon import runtime
+
+    keep = {"mode", "coordinate_transformation_mode", "cubic_coeff_a", "exclude_outside", "nearest_mode", "antialias"}
+    attrs = {k: v for k, v in attrs_of(node).items() if k in keep}
+    opset = max(cx.opset, 13)
+    inits = [numpy_helper.from_array(np.eye(size, dtype=np.float32), "x")]
+    if scale is not None:
+        inits.append(numpy_helper.from_array(np.array([scale, 1.0], np.float32), "scales"))
+        inputs = ["x", "", "scales"]
+    else:
+        inits.append(numpy_helper.from_array(np.array([out_size, size], np.int64), "sizes"))
+        inputs = ["x", "", "", "sizes"]
+    graph = helper.make_graph(
+        [helper.make_node("Resize", inputs, ["y"], **attrs)], "axis", [],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)], inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    sess = runtime.session(model, what=f"Resize {node.name or node.output[0]!r} on one axis")
+    return np.asarray(sess.run(None, {})[0], np.float64)
+
+
+def resize(node: onnx.NodeProto, cx: Context) -> list[onnx.NodeProto]:
+    """Resize with scales or sizes known before training: nearest as Gather with fixed indices
+    on each resized axis, the other modes (linear, cubic) as fixed interpolation matrices
+    (MatMul). onnxruntime builds ResizeGrad, which has no CPU kernel."""
+    a = attrs_of(node)
+    x = node.input[0]
+    mode = _text(a.get("mode", "nearest"))
+    if _text(a.get("coordinate_transformation_mode", "half_pixel")) == "tf_crop_and_resize":
+        raise Unsupported("coordinate_transformation_mode tf_crop_and_resize is not rewritten")
+    if _text(a.get("keep_aspect_ratio_policy", "stretch")) != "stretch":
+        raise Unsupported("keep_aspect_ratio_policy other than stretch is not rewritten")
+    shape = cx.types.get(x).shape if cx.types.get(x) is not None else None
+    if shape is None:
+        raise Unsupported(f"the rank of its input {x!r} is not known")
+    rank = len(shape)
+    axes = [int(v) % rank for v in a.get("axes", range(rank))]
+    scales = known_value(node.input[2], cx) if len(node.input) > 2 and node.input[2] else None
+    sizes = known_value(node.input[3], cx) if len(node.input) > 3 and node.input[3] else None
+    if scales is not None and np.asarray(scales).size == 0:
+        scales = None
+    if scales is None and sizes is None:
+        raise Unsupported("its scales and sizes are computed while the model runs")
+    b = Builder(node, cx)
+    current = x
+    plan: list[tuple[int, float | None, int | None]] = []
+    for k, axis in enumerate(axes):
+        if scales is not None:
+            s = float(np.asarray(scales, np.float32).reshape(-1)[k])
+            if s == 1.0:
+                continue
+            plan.append((axis, s, None))
+        else:
+            m = int(np.asarray(sizes).reshape(-1)[k])
+            if isinstance(shape[axis], int) and m == shape[axis]:
+                continue
+            plan.append((axis, None, m))
+    if not plan:
+        b.op("Identity", x, out=node.output[0])
+        return b.nodes
+    for i, (axis, s, m) in enumerate(plan):
+        last = i == len(plan) - 1
+        out = node.output[0] if last else None
+        n = shape[axis]
+        if not isinstance(n, int):
+            if mode == "nearest" and s is not None and s == int(s) and s > 1 and _floor_nearest(node, cx, int(s)):
+                current = _repeat(b, current, axis, int(s), rank, out)
+                continue
+            raise Unsupported(f"the size of its input {x!r} along axis {axis} is not known before the run")
+        matrix = _axis_matrix(node, cx, n, s, m)
+        if mode == "nearest":
+            index = matrix.argmax(axis=1).astype(np.int64)
+            current = b.op("Gather", current, b.ints(index), out=out, axis=axis)
+        elif axis == rank - 1:
+            current = b.op("MatMul", current, b.const(matrix.T), out=out)
+        elif axis == rank - 2:
+            current = b.op("MatMul", b.const(matrix), current, out=out)
+        else:  # move the axis last, multiply, move it back
+            perm = [d for d in range(rank) if d != axis] + [axis]
+            moved = b.op("MatMul", b.op("Transpose", current, perm=perm), b.const(matrix.T))
+            current = b.op("Transpose", moved, out=out, perm=[int(p) for p in np.argsort(perm)])
+    return b.nodes
+
+
+def _floor_nearest(node: onnx.NodeProto, cx: Context, s: int) -> bool:
+    """Whether this nearest Resize maps output i to input i // s (so it repeats each element s times)."""
+    n = 7
+    index = _axis_matrix(node, cx, n, float(s), None).argmax(axis=1)
+    return bool(np.array_equal(index, np.arange(n * s) // s))
+
+
+def _repeat(b: Builder, x: str, axis: int, s: int, rank: int, out: str | None) -> str:
+    """Each element of `x` repeated `s` times along `axis`, for sizes not known before the run."""
+    wide = b.op("Unsqueeze", x, b.ints([axis + 1]))
+    tiled = b.op("Expand", wide, b.ints([1] * (axis + 1) + [s] + [1] * (rank - axis - 1)))
+    shape = b.op("Shape", x)
+    factor = b.ints([1] * axis + [s] + [1] * (rank - axis - 1))
+    return b.op("Reshape", tiled, b.op("Mul", shape, factor), out=out)
+
+
+REWRITES: dict[str, Callable[[onnx.NodeProto, Context], list[onnx.NodeProto]]] = {
+    "CastLike": cast_like,
+    "ReduceMax": reduce_extreme,
+    "ReduceMin": reduce_extreme,
+    "GlobalMaxPool": global_max_pool,
+    "Resize": resize,
+}
+
+
+# ---------------------------------------------------------------- the pass
+
+
+def known_values(model: onnx.ModelProto, fixed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Values known before training: Constant nodes, initializers, and the inputs fed whole
+    at every step. A parameter that trains is known at its initial value only: it may be read
+    where no gradient flows (Resize's scales), not to decide a branch (see ``Context.trains``)."""
+    known: dict[str, np.ndarray] = {}
+    for t in model.graph.initializer:
+        known[t.name] = numpy_helper.to_array(t)
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and node.attribute:
+            attr = node.attribute[0]
+            if attr.name == "value":
+                known[node.output[0]] = numpy_helper.to_array(attr.t)
+            elif attr.name in ("value_float", "value_int"):
+                known[node.output[0]] = np.array(helper.get_attribute_value(attr), np.float32 if attr.name == "value_float" else np.int64)
+            elif attr.name in ("value_floats", "value_ints"):
+                known[node.output[0]] = np.array(helper.get_attribute_value(attr), np.float32 if attr.name == "value_floats" else np.int64)
+    for name, value in fixed.items():
+        known[name] = np.asarray(value)
+    return known
+
+
+def rewrite_graph(
+    model: onnx.ModelProto, /, candidates: set[str], types: dict[str, TensorType], opset: int,
+    fresh: Callable[[str], str], fixed: Mapping[str, np.ndarray] | None = None,
+) -> tuple[dict[str, int], dict[str, str]]:
+    """Rewrite, in place, the nodes of `model`'s main graph that parameters in `candidates`
+    reach and whose op is in :data:`REWRITES`. Returns the count per op rewritten and, for
+    nodes that could not be, the reason by node label."""
+    graph = model.graph
+    known = known_values(model, fixed or {})
+    cx = Context(types, known, opset, fresh, model, set(candidates))
+    reached = set(candidates)
+    done: dict[str, int] = {}
+    why: dict[str, str] = {}
+    out: list[onnx.NodeProto] = []
+    work = list(reversed(graph.node))
+    while work:
+        node = work.pop()
+        hit = any(n in reached for n in node_reads(node))
+        if hit and node.domain in ("", "ai.onnx") and node.op_type in REWRITES:
+            try:
+                new = REWRITES[node.op_type](node, cx)
+            except Unsupported as e:
+                why[node.name or node.output[0]] = str(e)
+            else:
+                done[node.op_type] = done.get(node.op_type, 0) + 1
+                work.extend(reversed(new))  # folded branches may hold more to rewrite
+                continue
+        if hit:
+            reached.update(o for o in node.output if o and (cx.elem(o) is None or cx.elem(o) in FLOATS))
+        out.append(node)
+    if done:
+        del graph.node[:]
+        graph.node.extend(out)
+    return done, why

@@ -1,0 +1,271 @@
+"""Ops without a gradient (or a CPU gradient kernel) in onnxruntime-training 1.19, rewritten
+in the training graph (onnxsurgeon/train/rewrite.py). For each: the rewritten forward equals
+the op as onnxruntime runs it, and one SGD step through onnxsurgeon's training path moves the
+parameter by the gradient of a float64 numpy reference (finite differences)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxsurgeon import runtime, serde
+from onnxsurgeon.errors import InputError
+from onnxsurgeon.train.artifacts import FILES, ArtifactPaths
+from onnxsurgeon.train.loop import TrainSettings, train
+from onnxsurgeon.train.optim import OptimizerSettings
+from onnxsurgeon.train.prepare import NO_GRADIENT, REWRITTEN, prepare
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_train_stack import raw_generate, session  # noqa: E402
+
+RNG = np.random.default_rng(23)
+LR = 0.1
+
+
+def numeric_grad(loss, w: np.ndarray, h: float = 1e-6) -> np.ndarray:
+    g = np.zeros_like(w)
+    for i in np.ndindex(w.shape):
+        plus, minus = w.copy(), w.copy()
+        plus[i] += h
+        minus[i] -= h
+        g[i] = (loss(plus) - loss(minus)) / (2 * h)
+    return g
+
+
+def one_op(nodes, x_shape, y_shape, inits=None, opset=17, w_shape=None, outputs=None, batch="N") -> onnx.ModelProto:
+    """h = x * W (W trains), then `nodes` read h and write y."""
+    w = RNG.standard_normal(w_shape or x_shape[1:]).astype(np.float32)
+    all_inits = {"W": w, **(inits or {})}
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "W"], ["h"], name="scale"), *nodes], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, *x_shape[1:]])],
+        outputs or [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)],
+        [numpy_helper.from_array(np.asarray(v), k) for k, v in all_inits.items()],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def check(model: onnx.ModelProto, f, x: np.ndarray, op: str, exact: bool = False) -> float:
+    """(a) the training graph computes what the op computes in onnxruntime, (b) one SGD step
+    moves W by LR times the gradient of the numpy reference `f(h)`. Returns the largest
+    gradient error."""
+    prepared, prep = prepare(model, set())
+    assert op not in {n.op_type for n in prepared.graph.node}, f"{op} is still in the training graph"
+    assert any(c.startswith("rewritten in ops with gradients") and op in c for c in prep.changes)
+    want = runtime.session(model).run(None, {"x": x})[0]
+    got = runtime.session(prepared).run(None, {"x": x})[0]
+    assert got.shape == want.shape
+    if exact:
+        assert got.tobytes() == want.tobytes()
+    else:
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    w0 = serde.to_array(next(t for t in model.graph.initializer if t.name == "W")).astype(np.float64)
+    x64 = x.astype(np.float64)
+    np.testing.assert_allclose(f(x64 * w0), want, rtol=1e-5, atol=1e-5)  # the reference is the op
+    t = RNG.standard_normal(want.shape).astype(np.float32)
+    trained, report = train(model, {"x": x, "t": t}, TrainSettings(
+        loss="mse(y, t)", optimizer=OptimizerSettings("sgd", lr=LR), batch_size=len(x), shuffle=False,
+    ))
+    assert "W" in report.plan.trainable
+    w1 = serde.to_array(next(t for t in trained.graph.initializer if t.name == "W")).astype(np.float64)
+    assert trained.graph.node == model.graph.node  # the written model keeps its op
+
+    def loss(w):
+        y = f(x64 * w)
+        return ((y - t) ** 2).reshape(len(x), -1).mean(-1).mean()
+
+    grad = numeric_grad(loss, w0)
+    err = float(np.abs((w0 - w1) / LR - grad).max())
+    assert err < 2e-4, err
+    return err
+
+
+X4 = RNG.standard_normal((3, 2, 4, 4)).astype(np.float32)
+X2 = RNG.standard_normal((3, 5)).astype(np.float32)
+
+
+# ---------------------------------------------------------------- facts
+
+
+def raw_paths(directory: Path) -> ArtifactPaths:
+    return ArtifactPaths(*(directory / f for f in FILES), label_input="target")
+
+
+@pytest.mark.parametrize("op", ["CastLike", "ReduceMax", "ReduceMin", "GlobalMaxPool"])
+def test_fact_no_gradient_builder(tmp_path, op):
+    """onnxruntime-training 1.19 has no gradient builder for these ops."""
+    assert op in NO_GRADIENT and op in REWRITTEN
+    node = {
+        "CastLike": helper.make_node("CastLike", ["h", "h"], ["y"]),
+        "ReduceMax": helper.make_node("ReduceMax", ["h"], ["y"], axes=[1], keepdims=1),
+        "ReduceMin": helper.make_node("ReduceMin", ["h"], ["y"], axes=[1], keepdims=1),
+        "GlobalMaxPool": helper.make_node("GlobalMaxPool", ["h"], ["y"]),
+    }[op]
+    shape, y_shape = ([3, 2, 4], ["N", 2, 1]) if op == "GlobalMaxPool" else ([3, 5], ["N", 1 if op != "CastLike" else 5])
+    model = one_op([node], shape, y_shape, opset=15)
+    with pytest.raises(Exception, match=f"not been registered: ?{op}"):
+        raw_generate(model, ["W"], tmp_path)
+
+
+def test_fact_resize_gradient_has_no_cpu_kernel(tmp_path):
+    model = one_op([helper.make_node("Resize", ["h", "", "sc"], ["y"], mode="nearest")], [3, 2, 4, 4], ["N", 2, 8, 8],
+                   {"sc": np.array([1, 1, 2, 2], np.float32)})
+    raw_generate(model, ["W"], tmp_path)
+    with pytest.raises(Exception, match="Could not find an implementation for ResizeGrad"):
+        session(raw_paths(tmp_path))
+
+
+def test_fact_slice_with_negative_step_fails_in_its_gradient(tmp_path):
+    """Why sequences are reversed with Gather: SliceGrad of a negative step fails at run time."""
+    model = one_op([helper.make_node("Slice", ["h", "st", "en", "ax", "stp"], ["y"])], [3, 5], ["N", 5], {
+        "st": np.array([-1], np.int64), "en": np.array([-6], np.int64), "ax": np.array([1], np.int64), "stp": np.array([-1], np.int64)})
+    raw_generate(model, ["W"], tmp_path)
+    _, module, _ = session(raw_paths(tmp_path))
+    module.train()
+    with pytest.raises(Exception, match="SliceGrad"):
+        module(X2, np.zeros((3, 5), np.float32))
+
+
+# ---------------------------------------------------------------- CastLike, ReduceMax/Min, GlobalMaxPool
+
+
+def test_castlike_becomes_cast():
+    model = one_op([helper.make_node("CastLike", ["h", "like"], ["y"], name="cl")], [3, 5], ["N", 5],
+                   {"like": np.array(0.0, np.float32)}, opset=15)
+    check(model, lambda h: h, X2, "CastLike", exact=True)
+
+
+def _ref_reduce(fn, axes, keepdims):
+    return lambda h: fn(h, axis=tuple(axes) if axes is not None else None, keepdims=bool(keepdims))
+
+
+@pytest.mark.parametrize("op", ["ReduceMax", "ReduceMin"])
+@pytest.mark.parametrize("axes, keepdims, opset", [
+    ([2, 3], 1, 13), ([1], 0, 13), ([-1, 1], 0, 18), ([2], 1, 18), ([1, 2, 3], 0, 13), ([3, 1], 1, 18),
+])
+def test_reduce_max_min(op, axes, keepdims, opset):
+    fn = np.max if op == "ReduceMax" else np.min
+    if opset >= 18:
+        inputs, inits, attrs = (["h", "axes"], {"axes": np.array(axes, np.int64)}, {}) if axes is not None else (["h"], {}, {})
+    else:
+        inputs, inits, attrs = ["h"], {}, ({"axes": axes} if axes is not None else {})
+    model = one_op([helper.make_node(op, inputs, ["y"], keepdims=keepdims, name="r", **attrs)], [3, 2, 4, 4], None, inits, opset=opset)
+    ref = _ref_reduce(fn, axes, keepdims)
+    check(model, ref, X4, op, exact=True)
+
+
+@pytest.mark.parametrize("opset", [13, 18])
+def test_reduce_max_over_every_axis(opset):
+    """No axes: over everything, the batch too (here to shift h by its largest value)."""
+    nodes = [helper.make_node("ReduceMax", ["h"], ["m"], keepdims=0, name="r"), helper.make_node("Sub", ["h", "m"], ["y"])]
+    model = one_op(nodes, [3, 2, 4, 4], ["N", 2, 4, 4], opset=opset)
+    check(model, lambda h: h - h.max(), X4, "ReduceMax", exact=True)
+
+
+def test_reduce_max_with_empty_axes_as_noop():
+    nodes = [helper.make_node("ReduceMax", ["h", "none"], ["y"], noop_with_empty_axes=1, name="r")]
+    model = one_op(nodes, [3, 5], ["N", 5], {"none": np.array([], np.int64)}, opset=18)
+    check(model, lambda h: h, X2, "ReduceMax", exact=True)
+
+
+def test_global_max_pool():
+    model = one_op([helper.make_node("GlobalMaxPool", ["h"], ["y"], name="gmp")], [3, 2, 4, 4], ["N", 2, 1, 1])
+    check(model, lambda h: h.max(axis=(2, 3), keepdims=True), X4, "GlobalMaxPool", exact=True)
+
+
+# ---------------------------------------------------------------- Resize
+
+
+def _nearest_2x(h):
+    return h.repeat(2, axis=2).repeat(2, axis=3)
+
+
+def _interp_matrix(n_in, n_out, align_corners=False):
+    """Bilinear weights of one axis (half_pixel or align_corners), as torch computes them."""
+    m = np.zeros((n_out, n_in))
+    for o in range(n_out):
+        if align_corners:
+            src = o * (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
+        else:
+            src = max((o + 0.5) * n_in / n_out - 0.5, 0.0)
+        lo = min(int(np.floor(src)), n_in - 1)
+        hi = min(lo + 1, n_in - 1)
+        w = src - lo
+        m[o, lo] += 1 - w
+        m[o, hi] += w
+    return m
+
+
+@pytest.mark.parametrize("how, opset", [("scales", 13), ("sizes", 18), ("scales", 18), ("axes", 18), ("legacy", 11)])
+def test_resize_nearest(how, opset):
+    if how == "scales":
+        inputs, inits, attrs = ["h", "", "sc"], {"sc": np.array([1, 1, 2, 2], np.float32)}, {}
+    elif how == "sizes":
+        inputs, inits, attrs = ["h", "", "", "sz"], {"sz": np.array([8, 8], np.int64)}, {"axes": [2, 3]}
+    elif how == "axes":
+        inputs, inits, attrs = ["h", "", "sc"], {"sc": np.array([2, 2], np.float32)}, {"axes": [2, 3]}
+    else:  # torch's legacy export: asymmetric, floor, with an empty roi
+        inputs, inits = ["h", "roi", "sc"], {"roi": np.array([], np.float32), "sc": np.array([1, 1, 2, 2], np.float32)}
+        attrs = {"coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"}
+    node = helper.make_node("Resize", inputs, ["y"], mode="nearest", name="up", **attrs)
+    model = one_op([node], [3, 2, 4, 4], ["N", 2, 8, 8], inits, opset=opset)
+    check(model, _nearest_2x, X4, "Resize", exact=True)
+
+
+def test_resize_nearest_of_unknown_size_repeats():
+    """Integer scales on spatial sizes not known before the run: Unsqueeze, Expand, Reshape."""
+    node = helper.make_node("Resize", ["h", "", "sc"], ["y"], mode="nearest", name="up")
+    model = one_op([node], [3, 2, 4, 4], ["N", 2, "H2", "W2"], {"sc": np.array([1, 1, 2, 3], np.float32)}, w_shape=[2, 1, 1])
+    model.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "H"
+    model.graph.input[0].type.tensor_type.shape.dim[3].dim_param = "W"
+    check(model, lambda h: h.repeat(2, axis=2).repeat(3, axis=3), X4, "Resize", exact=True)
+
+
+@pytest.mark.parametrize("ctm", ["half_pixel", "align_corners", "pytorch_half_pixel"])
+def test_resize_linear(ctm):
+    node = helper.make_node("Resize", ["h", "", "sc"], ["y"], mode="linear", coordinate_transformation_mode=ctm, name="up")
+    model = one_op([node], [3, 2, 4, 4], ["N", 2, 8, 6], {"sc": np.array([1, 1, 2, 1.5], np.float32)})
+    mh, mw = _interp_matrix(4, 8, ctm == "align_corners"), _interp_matrix(4, 6, ctm == "align_corners")
+    check(model, lambda h: np.einsum("oh,nchw,pw->ncop", mh, h, mw), X4, "Resize")
+
+
+def test_resize_linear_on_the_channel_axis():
+    """An axis that is not one of the last two: moved last, multiplied, moved back."""
+    node = helper.make_node("Resize", ["h", "", "", "sz"], ["y"], mode="linear", axes=[1], name="up")
+    model = one_op([node], [3, 2, 4, 4], ["N", 3, 4, 4], {"sz": np.array([3], np.int64)}, opset=18)
+    mc = _interp_matrix(2, 3)
+    check(model, lambda h: np.einsum("oc,nchw->nohw", mc, h), X4, "Resize")
+
+
+def _cubic_matrix(n_in, n_out, a=-0.75):
+    """Cubic convolution weights of one axis, half_pixel, edge indices clamped."""
+    def k(d):
+        d = abs(d)
+        return (a + 2) * d**3 - (a + 3) * d**2 + 1 if d <= 1 else a * d**3 - 5 * a * d**2 + 8 * a * d - 4 * a if d < 2 else 0.0
+    m = np.zeros((n_out, n_in))
+    for o in range(n_out):
+        src = (o + 0.5) * n_in / n_out - 0.5
+        base = int(np.floor(src))
+        for j in range(base - 1, base + 3):
+            m[o, min(max(j, 0), n_in - 1)] += k(src - j)
+    return m
+
+
+def test_resize_cubic():
+    node = helper.make_node("Resize", ["h", "", "sc"], ["y"], mode="cubic", name="up")
+    model = one_op([node], [3, 2, 4, 4], ["N", 2, 4, 8], {"sc": np.array([1, 1, 1, 2], np.float32)})
+    mw = _cubic_matrix(4, 8)
+    check(model, lambda h: np.einsum("nchw,pw->nchp", h, mw), X4, "Resize")
+
+
+def test_resize_with_computed_scales_is_refused_with_the_reason():
+    nodes = [helper.make_node("Shape", ["h"], ["s"]), helper.make_node("Cast", ["s"], ["sf"], to=TensorProto.FLOAT),
+             helper.make_node("Div", ["sf", "sf"], ["sc"]), helper.make_node("Resize", ["h", "", "sc"], ["y"], mode="nearest", name="up")]
+    model = one_op(nodes, [3, 2, 4, 4], ["N", 2, 4, 4])
+    with pytest.raises(InputError, match=r"node 'up' \(Resize\), after 'W'; not rewritten: its scales and sizes are computed"):
+        train(model, {"x": X4, "t": X4}, TrainSettings(loss="mse(y, t)"))
