@@ -327,6 +327,7 @@ def test_damaged_recipes(tmp_path):
     assert not accepted, f"hostile expressions not refused: {accepted}"
     assert not (tmp_path / "pwned").exists()
     assert not list(tmp_path.glob("hostile*.onnx"))
+    figures.add("fuzz: hostile recipe expressions, each refused (exit 2)", len(HOSTILE_EXPRESSIONS))
 
 
 # --- .npz files -------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from onnxsurgeon.train.optim import OptimizerSettings, Schedule
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
+import figures  # noqa: E402
 from test_train_stack import mlp, mlp_grads  # noqa: E402
 
 RNG = np.random.default_rng(7)
@@ -437,3 +438,4 @@ def test_crafted_checkpoint_is_refused_cleanly(tmp_path, change):
             z.writestr(name, data)
     with pytest.raises(InputError, match="is damaged or incomplete"):
         checkpoint.read(path)
+    figures.add("crafted checkpoint meta.json, refused as damaged", 1)
