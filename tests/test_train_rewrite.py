@@ -5,6 +5,7 @@ parameter by the gradient of a float64 numpy reference (finite differences)."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -96,18 +97,25 @@ def raw_paths(directory: Path) -> ArtifactPaths:
     return ArtifactPaths(*(directory / f for f in FILES), label_input="target")
 
 
-@pytest.mark.parametrize("op", ["CastLike", "ReduceMax", "ReduceMin", "GlobalMaxPool"])
+NORM = {"s": np.ones(4, np.float32), "b": np.zeros(4, np.float32)}
+FACTS = {  # op: (node, x shape, y shape, initializers, opset)
+    "CastLike": (helper.make_node("CastLike", ["h", "h"], ["y"]), [3, 5], ["N", 5], {}, 15),
+    "ReduceMax": (helper.make_node("ReduceMax", ["h"], ["y"], axes=[1], keepdims=1), [3, 5], ["N", 1], {}, 15),
+    "ReduceMin": (helper.make_node("ReduceMin", ["h"], ["y"], axes=[1], keepdims=1), [3, 5], ["N", 1], {}, 15),
+    "GlobalMaxPool": (helper.make_node("GlobalMaxPool", ["h"], ["y"]), [3, 2, 4], ["N", 2, 1], {}, 15),
+    "InstanceNormalization": (helper.make_node("InstanceNormalization", ["h", "s", "b"], ["y"]), [3, 4, 5], ["N", 4, 5], NORM, 17),
+    "GroupNormalization": (helper.make_node("GroupNormalization", ["h", "s", "b"], ["y"], num_groups=2), [3, 4, 5], ["N", 4, 5], NORM, 21),
+    "LpNormalization": (helper.make_node("LpNormalization", ["h"], ["y"]), [3, 5], ["N", 5], {}, 17),
+    "LRN": (helper.make_node("LRN", ["h"], ["y"], size=3), [3, 4, 5], ["N", 4, 5], {}, 17),
+}
+
+
+@pytest.mark.parametrize("op", sorted(FACTS))
 def test_fact_no_gradient_builder(tmp_path, op):
     """onnxruntime-training 1.19 has no gradient builder for these ops."""
     assert op in NO_GRADIENT and op in REWRITTEN
-    node = {
-        "CastLike": helper.make_node("CastLike", ["h", "h"], ["y"]),
-        "ReduceMax": helper.make_node("ReduceMax", ["h"], ["y"], axes=[1], keepdims=1),
-        "ReduceMin": helper.make_node("ReduceMin", ["h"], ["y"], axes=[1], keepdims=1),
-        "GlobalMaxPool": helper.make_node("GlobalMaxPool", ["h"], ["y"]),
-    }[op]
-    shape, y_shape = ([3, 2, 4], ["N", 2, 1]) if op == "GlobalMaxPool" else ([3, 5], ["N", 1 if op != "CastLike" else 5])
-    model = one_op([node], shape, y_shape, opset=15)
+    node, shape, y_shape, inits, opset = FACTS[op]
+    model = one_op([node], shape, y_shape, inits, opset=opset)
     with pytest.raises(Exception, match=f"not been registered: ?{op}"):
         raw_generate(model, ["W"], tmp_path)
 
@@ -269,3 +277,113 @@ def test_resize_with_computed_scales_is_refused_with_the_reason():
     model = one_op(nodes, [3, 2, 4, 4], ["N", 2, 4, 4])
     with pytest.raises(InputError, match=r"node 'up' \(Resize\), after 'W'; not rewritten: its scales and sizes are computed"):
         train(model, {"x": X4, "t": X4}, TrainSettings(loss="mse(y, t)"))
+
+
+# ---------------------------------------------------------------- normalizations
+
+X5 = RNG.standard_normal((3, 4, 3, 5)).astype(np.float32)
+SCALE4 = np.array([0.5, 1.5, -1.0, 2.0], np.float32)
+BIAS4 = np.array([0.1, -0.2, 0.3, 0.0], np.float32)
+
+
+def _standardize(v, axes, eps):
+    return (v - v.mean(axes, keepdims=True)) / np.sqrt(v.var(axes, keepdims=True) + eps)
+
+
+@pytest.mark.parametrize("opset", [13, 18])
+def test_instance_normalization(opset):
+    node = helper.make_node("InstanceNormalization", ["h", "s", "b"], ["y"], epsilon=1e-3, name="in")
+    model = one_op([node], [3, 4, 3, 5], ["N", 4, 3, 5], {"s": SCALE4, "b": BIAS4}, opset=opset)
+
+    def ref(h):
+        return _standardize(h, (2, 3), 1e-3) * SCALE4[:, None, None] + BIAS4[:, None, None]
+
+    check(model, ref, X5, "InstanceNormalization")
+
+
+@pytest.mark.parametrize("opset", [18, 21])
+def test_group_normalization(opset):
+    """Opset 18: scale and bias per group; opset 21: per channel."""
+    n = 2 if opset == 18 else 4
+    s, bias = SCALE4[:n], BIAS4[:n]
+    node = helper.make_node("GroupNormalization", ["h", "s", "b"], ["y"], epsilon=1e-4, num_groups=2, name="gn")
+    model = one_op([node], [3, 4, 3, 5], ["N", 4, 3, 5], {"s": s, "b": bias}, opset=opset)
+
+    def ref(h):
+        g = _standardize(h.reshape(3, 2, -1), (2,), 1e-4)
+        if opset == 18:
+            return (g * s[:, None] + bias[:, None]).reshape(h.shape)
+        return g.reshape(h.shape) * s[:, None, None] + bias[:, None, None]
+
+    check(model, ref, X5, "GroupNormalization")
+
+
+@pytest.mark.parametrize("p, axis", [(2, -1), (2, 1), (1, 1)])
+def test_lp_normalization(p, axis):
+    node = helper.make_node("LpNormalization", ["h"], ["y"], p=p, axis=axis, name="lp")
+    model = one_op([node], [3, 4, 3, 5], ["N", 4, 3, 5])
+
+    def ref(h):
+        return h / (np.sqrt((h * h).sum(axis, keepdims=True)) if p == 2 else np.abs(h).sum(axis, keepdims=True))
+
+    check(model, ref, X5, "LpNormalization")
+    zeros = np.zeros((1, 4, 3, 5), np.float32)  # onnxruntime leaves a vector of norm 0 as it is
+    assert not runtime.session(prepare(model, set())[0]).run(None, {"x": zeros})[0].any()
+
+
+@pytest.mark.parametrize("size", [3, 5])  # onnxruntime runs odd sizes only
+def test_lrn(size):
+    node = helper.make_node("LRN", ["h"], ["y"], size=size, alpha=0.3, beta=0.6, bias=1.5, name="lrn")
+    model = one_op([node], [3, 4, 3, 5], ["N", 4, 3, 5])
+
+    def ref(h):
+        lo, hi = (size - 1) // 2, size - 1 - (size - 1) // 2
+        sq = h * h
+        window = np.stack([sq[:, max(0, c - lo): c + hi + 1].sum(1) for c in range(h.shape[1])], 1)
+        return h / (1.5 + 0.3 / size * window) ** 0.6
+
+    check(model, ref, X5, "LRN")
+
+
+# ---------------------------------------------------------------- end to end
+
+
+def test_cli_trains_a_net_with_resize_instance_norm_and_reduce_max(cli, tmp_path):
+    """Conv -> InstanceNormalization -> Relu -> nearest 2x Resize -> ReduceMax -> MatMul,
+    trained from the command line: the loss goes down, the written model keeps its ops."""
+    rng = np.random.default_rng(7)
+    inits = {
+        "conv.W": (rng.standard_normal((3, 2, 3, 3)) * 0.5).astype(np.float32),
+        "in.scale": np.ones(3, np.float32), "in.bias": np.zeros(3, np.float32),
+        "scales": np.array([1, 1, 2, 2], np.float32), "fc.W": rng.standard_normal((3, 2)).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "conv.W"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+        helper.make_node("InstanceNormalization", ["c", "in.scale", "in.bias"], ["n"], name="in"),
+        helper.make_node("Relu", ["n"], ["r"], name="relu"),
+        helper.make_node("Resize", ["r", "", "scales"], ["u"], mode="nearest", name="up"),
+        helper.make_node("ReduceMax", ["u"], ["m"], axes=[2, 3], keepdims=0, name="pool"),
+        helper.make_node("MatMul", ["m", "fc.W"], ["y"], name="fc"),
+    ]
+    graph = helper.make_graph(nodes, "net", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 6, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])],
+                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, tmp_path / "net.onnx")
+    x = rng.standard_normal((16, 2, 6, 6)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x, t=rng.standard_normal((16, 2)).astype(np.float32))
+    code, stdout, err = cli(
+        "train", tmp_path / "net.onnx", "--data", tmp_path / "d.npz", "--loss", "mse(y, t)", "--optimizer", "sgd",
+        "--lr", "0.05", "--epochs", "5", "--batch-size", "16", "-o", tmp_path / "out.onnx", "--json",
+    )
+    assert code == 0, err
+    report = json.loads(stdout)
+    losses = [e["loss"] for e in report["history"]]
+    assert losses[-1] < losses[0]
+    assert report["plan"]["trainable"] == ["conv.W", "fc.W", "in.bias", "in.scale"]
+    assert "rewritten in ops with gradients and CPU kernels: 1 InstanceNormalization, 1 ReduceMax, 1 Resize" in report["plan"]["changes"]
+    trained = onnx.load(tmp_path / "out.onnx")
+    assert trained.graph.node == model.graph.node
+    before = runtime.session(model).run(None, {"x": x})[0]
+    after = runtime.session(trained).run(None, {"x": x})[0]
+    assert not np.allclose(before, after)

@@ -295,12 +295,104 @@ def _repeat(b: Builder, x: str, axis: int, s: int, rank: int, out: str | None) -
     return b.op("Reshape", tiled, b.op("Mul", shape, factor), out=out)
 
 
+# ---------------------------------------------------------------- normalizations
+
+
+def _channels(name: str, cx: Context, what: str) -> int:
+    t = cx.types.get(name)
+    if t is None or not t.shape or not isinstance(t.shape[0], int):
+        raise Unsupported(f"the length of its {what} {name!r} is not known")
+    return int(t.shape[0])
+
+
+def _normalize(b: Builder, x3: str, eps: float) -> str:
+    """(x - mean) / sqrt(var + eps) over the last axis of a rank-3 value (the biased variance)."""
+    mean = b.reduce("ReduceMean", x3, [2])
+    d = b.op("Sub", x3, mean)
+    var = b.reduce("ReduceMean", b.op("Mul", d, d), [2])
+    return b.op("Div", d, b.op("Sqrt", b.op("Add", var, b.const(eps))))
+
+
+def _affine(b: Builder, v3: str, scale: str, bias: str, n: int) -> str:
+    """v3 [N, n, S] * scale[n] + bias[n]."""
+    shape = b.ints([n, 1])
+    return b.op("Add", b.op("Mul", v3, b.op("Reshape", scale, shape)), b.op("Reshape", bias, shape))
+
+
+def instance_norm(node: onnx.NodeProto, cx: Context) -> list[onnx.NodeProto]:
+    """InstanceNormalization -> mean and variance over the spatial axes of each (n, c), in
+    elementary ops, on x viewed as [N, C, -1]."""
+    x, scale, bias = node.input[:3]
+    c = _channels(scale, cx, "scale")
+    b = Builder(node, cx)
+    eps = float(attrs_of(node).get("epsilon", 1e-5))
+    y3 = _affine(b, _normalize(b, b.op("Reshape", x, b.ints([0, c, -1])), eps), scale, bias, c)
+    b.op("Reshape", y3, b.op("Shape", x), out=node.output[0])
+    return b.nodes
+
+
+def group_norm(node: onnx.NodeProto, cx: Context) -> list[onnx.NodeProto]:
+    """GroupNormalization -> x viewed as [N, G, -1], normalized, then scaled per group
+    (opset 18: scale and bias have G entries) or per channel (opset 21: C entries)."""
+    x, scale, bias = node.input[:3]
+    a = attrs_of(node)
+    g = int(a["num_groups"])
+    n = _channels(scale, cx, "scale")
+    b = Builder(node, cx)
+    norm = _normalize(b, b.op("Reshape", x, b.ints([0, g, -1])), float(a.get("epsilon", 1e-5)))
+    if n == g and cx.opset < 21:
+        y3 = _affine(b, norm, scale, bias, g)
+    else:
+        y3 = _affine(b, b.op("Reshape", norm, b.ints([0, n, -1])), scale, bias, n)
+    b.op("Reshape", y3, b.op("Shape", x), out=node.output[0])
+    return b.nodes
+
+
+def lp_norm(node: onnx.NodeProto, cx: Context) -> list[onnx.NodeProto]:
+    """LpNormalization -> x / ReduceL2(x) (p=2) or x / ReduceSum(|x|) (p=1) along the axis
+    (a norm of 0 divides by 1, as onnxruntime leaves such a vector 0)."""
+    a = attrs_of(node)
+    p, axis = int(a.get("p", 2)), int(a.get("axis", -1))
+    if p not in (1, 2):
+        raise Unsupported(f"p={p}")
+    x = node.input[0]
+    b = Builder(node, cx)
+    norm = b.reduce("ReduceL2", x, [axis]) if p == 2 else b.reduce("ReduceSum", b.op("Abs", x), [axis])
+    safe = b.op("Where", b.op("Equal", norm, b.const(0.0)), b.const(1.0), norm)  # onnxruntime: 0 stays 0
+    b.op("Div", x, safe, out=node.output[0])
+    return b.nodes
+
+
+def lrn(node: onnx.NodeProto, cx: Context) -> list[onnx.NodeProto]:
+    """LRN -> x / (bias + alpha/size * window sum of x^2 over channels)^beta, the window sum
+    as a fixed band matrix times x^2 viewed as [N, C, -1]."""
+    a = attrs_of(node)
+    size = int(a["size"])
+    x = node.input[0]
+    t = cx.types.get(x)
+    if t is None or t.rank is None or t.rank < 2 or not isinstance(t.shape[1], int):
+        raise Unsupported(f"the number of channels of its input {x!r} is not known")
+    c = int(t.shape[1])
+    lo, hi = (size - 1) // 2, size - 1 - (size - 1) // 2
+    band = np.array([[1.0 if i - lo <= j <= i + hi else 0.0 for j in range(c)] for i in range(c)])
+    b = Builder(node, cx)
+    sq3 = b.op("Reshape", b.op("Mul", x, x), b.ints([0, c, -1]))
+    window = b.op("Reshape", b.op("MatMul", b.const(band), sq3), b.op("Shape", x))
+    base = b.op("Add", b.op("Mul", window, b.const(float(a.get("alpha", 1e-4)) / size)), b.const(float(a.get("bias", 1.0))))
+    b.op("Div", x, b.op("Pow", base, b.const(float(a.get("beta", 0.75)))), out=node.output[0])
+    return b.nodes
+
+
 REWRITES: dict[str, Callable[[onnx.NodeProto, Context], list[onnx.NodeProto]]] = {
     "CastLike": cast_like,
     "ReduceMax": reduce_extreme,
     "ReduceMin": reduce_extreme,
     "GlobalMaxPool": global_max_pool,
     "Resize": resize,
+    "InstanceNormalization": instance_norm,
+    "GroupNormalization": group_norm,
+    "LpNormalization": lp_norm,
+    "LRN": lrn,
 }
 
 
