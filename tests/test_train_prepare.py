@@ -212,11 +212,14 @@ def test_lstm_step_matches_numpy():
         np.testing.assert_allclose(got[name], p0[name] - 0.1 * numeric_grad(loss, p0, name), rtol=0, atol=1e-5)
 
 
-def test_bidirectional_lstm_is_refused_with_the_node_named():
+def test_bidirectional_lstm_trains_as_two_forward_ones():
+    """onnxruntime's LSTM gradient runs forward recurrences only: the training graph holds two
+    (gradients checked in test_train_rewrite.py); the written model keeps its one LSTM."""
     model, _ = lstm_model("bidirectional")
     data = {"x": RNG.standard_normal((5, 4, 2)).astype(np.float32), "t": RNG.standard_normal((5, 4, 2, 3)).astype(np.float32)}
-    with pytest.raises(InputError, match=r"node 'lstm' \(LSTM, direction bidirectional\)"):
-        train(model, data, TrainSettings(loss="mse(y, t)"))
+    trained, report = train(model, data, TrainSettings(loss="mse(y, t)", epochs=3, batch_size=5))
+    assert "rewritten in ops with gradients and CPU kernels: 1 LSTM" in report.plan.changes
+    assert report.history[-1].loss < report.history[0].loss and trained.graph.node == model.graph.node
 
 
 def test_tanh_gelu_gets_the_right_gradient():

@@ -387,3 +387,140 @@ def test_cli_trains_a_net_with_resize_instance_norm_and_reduce_max(cli, tmp_path
     before = runtime.session(model).run(None, {"x": x})[0]
     after = runtime.session(trained).run(None, {"x": x})[0]
     assert not np.allclose(before, after)
+
+
+# ---------------------------------------------------------------- reverse and bidirectional LSTM, GRU
+
+
+def _sig(v):
+    return 1 / (1 + np.exp(-v))
+
+
+def lstm_numpy(x, W, R, B, reverse=False):
+    """ONNX LSTM, one direction, default activations; x [T, N, I] -> Y [T, N, H]."""
+    H = R.shape[-1]
+    h = np.zeros((x.shape[1], H))
+    c = np.zeros_like(h)
+    out = [None] * len(x)
+    for t in (range(len(x) - 1, -1, -1) if reverse else range(len(x))):
+        g = x[t] @ W.T + h @ R.T + B[: 4 * H] + B[4 * H:]
+        i, o, f, cc = (g[:, k * H: (k + 1) * H] for k in range(4))
+        c = _sig(f) * c + _sig(i) * np.tanh(cc)
+        h = _sig(o) * np.tanh(c)
+        out[t] = h
+    return np.stack(out)
+
+
+def gru_numpy(x, W, R, B, reverse=False, linear_before_reset=0):
+    """ONNX GRU, one direction, default activations; x [T, N, I] -> Y [T, N, H]."""
+    H = R.shape[-1]
+    h = np.zeros((x.shape[1], H))
+    out = [None] * len(x)
+    wb, rb = B[: 3 * H], B[3 * H:]
+    for t in (range(len(x) - 1, -1, -1) if reverse else range(len(x))):
+        xw = x[t] @ W.T + wb
+        z = _sig(xw[:, :H] + h @ R[:H].T + rb[:H])
+        r = _sig(xw[:, H: 2 * H] + h @ R[H: 2 * H].T + rb[H: 2 * H])
+        if linear_before_reset:
+            hh = np.tanh(xw[:, 2 * H:] + r * (h @ R[2 * H:].T + rb[2 * H:]))
+        else:
+            hh = np.tanh(xw[:, 2 * H:] + (r * h) @ R[2 * H:].T + rb[2 * H:])
+        h = (1 - z) * hh + z * h
+        out[t] = h
+    return np.stack(out)
+
+
+def rnn_model(op, direction, steps=4, seq_lens=None, **attrs):
+    """x [N, T, I] -> op -> y [N, T, D*H] (and the final states summed into y for a check of Y_h)."""
+    nd, H, I = (2 if direction == "bidirectional" else 1), 3, 2
+    gates = 4 if op == "LSTM" else 3
+    inits = {
+        "W": (RNG.standard_normal((nd, gates * H, I)) * 0.5).astype(np.float32),
+        "R": (RNG.standard_normal((nd, gates * H, H)) * 0.5).astype(np.float32),
+        "B": (RNG.standard_normal((nd, 2 * gates * H)) * 0.1).astype(np.float32),
+    }
+    extra = {}
+    inputs = ["xt", "W", "R", "B"]
+    if seq_lens is not None:
+        extra["lens"] = np.asarray(seq_lens, np.int32)
+        inputs.append("lens")
+    # Y [T, D, N, H] -> [N, T, D*H]; Y_h [D, N, H] -> [N, 1, D*H]
+    nodes = [helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0, 2]),
+             helper.make_node(op, inputs, ["Y", "Y_h"], hidden_size=H, direction=direction, name="rnn", **attrs),
+             helper.make_node("Transpose", ["Y"], ["Yt"], perm=[2, 0, 1, 3]),
+             helper.make_node("Reshape", ["Yt", "shape"], ["yseq"]),
+             helper.make_node("Transpose", ["Y_h"], ["Yht"], perm=[1, 0, 2]),
+             helper.make_node("Reshape", ["Yht", "shape_h"], ["yh"])]
+    nodes.append(helper.make_node("Add", ["yseq", "yh"], ["y"]))
+    extra.update({"shape": np.array([0, 0, nd * H], np.int64), "shape_h": np.array([0, 1, nd * H], np.int64)})
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", steps, I])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", steps, nd * H])],
+        [numpy_helper.from_array(v, k) for k, v in {**inits, **extra}.items()],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), inits
+
+
+def rnn_reference(op, direction, x, p, **attrs):
+    """y [N, T, D*H] of rnn_model in float64 numpy; x [N, T, I]."""
+    xt = x.transpose(1, 0, 2)
+    run = lstm_numpy if op == "LSTM" else (lambda *a, **k: gru_numpy(*a, linear_before_reset=attrs.get("linear_before_reset", 0), **k))
+    dirs = [False, True] if direction == "bidirectional" else [direction == "reverse"]
+    ys = [run(xt, p["W"][d], p["R"][d], p["B"][d], reverse=rev) for d, rev in enumerate(dirs)]
+    seq = np.concatenate([y.transpose(1, 0, 2) for y in ys], -1)  # [N, T, D*H]
+    final = np.concatenate([(y[0] if rev else y[-1])[:, None] for y, rev in zip(ys, dirs)], -1)  # [N, 1, D*H]
+    return seq + final
+
+
+@pytest.mark.parametrize("op, direction, attrs", [
+    ("LSTM", "reverse", {}),
+    ("LSTM", "bidirectional", {}),
+    ("GRU", "reverse", {"linear_before_reset": 1}),
+    ("GRU", "bidirectional", {"linear_before_reset": 1}),
+    ("GRU", "bidirectional", {}),
+])
+def test_reverse_and_bidirectional_recurrences(op, direction, attrs):
+    model, inits = rnn_model(op, direction, **attrs)
+    x = RNG.standard_normal((5, 4, 2)).astype(np.float32)
+    prepared, prep = prepare(model, set())
+    kinds = [n for n in prepared.graph.node if n.op_type == op]
+    assert len(kinds) == (2 if direction == "bidirectional" else 1)
+    assert all(helper.get_attribute_value(a) == b"forward" for n in kinds for a in n.attribute if a.name == "direction")
+    want = runtime.session(model).run(None, {"x": x})[0]
+    np.testing.assert_allclose(runtime.session(prepared).run(None, {"x": x})[0], want, rtol=1e-5, atol=1e-6)
+    p0 = {k: v.astype(np.float64) for k, v in inits.items()}
+    np.testing.assert_allclose(rnn_reference(op, direction, x.astype(np.float64), p0, **attrs), want, atol=1e-5)
+    t = RNG.standard_normal(want.shape).astype(np.float32)
+    trained, report = train(model, {"x": x, "t": t}, TrainSettings(
+        loss="mse(y, t)", optimizer=OptimizerSettings("sgd", lr=LR), batch_size=5, shuffle=False))
+    assert report.plan.trainable == ("B", "R", "W")
+    assert trained.graph.node == model.graph.node
+    got = {t_.name: serde.to_array(t_).astype(np.float64) for t_ in trained.graph.initializer}
+    for name in ("W", "R", "B"):
+        def loss(w, name=name):
+            return ((rnn_reference(op, direction, x.astype(np.float64), {**p0, name: w}, **attrs) - t) ** 2).reshape(5, -1).mean(-1).mean()
+        err = float(np.abs((p0[name] - got[name]) / LR - numeric_grad(loss, p0[name])).max())
+        assert err < 2e-4, (name, err)
+
+
+def test_recurrence_of_unknown_length_and_equal_sequence_lens():
+    """A sequence length not known before the run reverses with Range; sequence_lens that all
+    equal the length change nothing."""
+    model, _ = rnn_model("GRU", "reverse", steps=4, seq_lens=[4, 4, 4, 4, 4])
+    x = RNG.standard_normal((5, 4, 2)).astype(np.float32)
+    prepared, _ = prepare(model, set())
+    np.testing.assert_allclose(runtime.session(prepared).run(None, {"x": x})[0], runtime.session(model).run(None, {"x": x})[0], rtol=1e-5, atol=1e-6)
+    model, _ = rnn_model("LSTM", "bidirectional", steps="T")
+    prepared, _ = prepare(model, set())
+    assert "Range" in {n.op_type for n in prepared.graph.node}
+    for steps in (3, 6):
+        x = RNG.standard_normal((2, steps, 2)).astype(np.float32)
+        np.testing.assert_allclose(runtime.session(prepared).run(None, {"x": x})[0], runtime.session(model).run(None, {"x": x})[0], rtol=1e-5, atol=1e-6)
+
+
+def test_recurrence_with_differing_sequence_lens_is_refused():
+    model, _ = rnn_model("LSTM", "bidirectional", seq_lens=[4, 2, 4, 4, 4])
+    data = {"x": RNG.standard_normal((5, 4, 2)).astype(np.float32), "t": RNG.standard_normal((5, 4, 6)).astype(np.float32)}
+    with pytest.raises(InputError, match=r"node 'rnn' \(LSTM, direction bidirectional\), after 'B', 'R', 'W'; not rewritten: "
+                                         r"its sequence_lens 'lens' differ between sequences"):
+        train(model, data, TrainSettings(loss="mse(y, t)"))

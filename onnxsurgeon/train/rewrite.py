@@ -383,7 +383,76 @@ def lrn(node: onnx.NodeProto, cx: Context) -> list[onnx.NodeProto]:
     return b.nodes
 
 
-REWRITES: dict[str, Callable[[onnx.NodeProto, Context], list[onnx.NodeProto]]] = {
+# ---------------------------------------------------------------- reverse and bidirectional LSTM, GRU
+
+
+def recurrence(node: onnx.NodeProto, cx: Context) -> list[onnx.NodeProto] | None:
+    """A reverse or bidirectional LSTM/GRU -> forward ones (onnxruntime's gradient kernels run
+    forward ones only), the reverse direction on the sequence reversed with Gather (the
+    gradient of Slice with a negative step fails in onnxruntime) and its outputs reversed back;
+    per-direction weights and initial states taken with Gather, outputs concatenated."""
+    a = attrs_of(node)
+    direction = _text(a.get("direction", "forward"))
+    if direction == "forward":
+        return None
+    lstm = node.op_type == "LSTM"
+    if "activation_alpha" in a or "activation_beta" in a:
+        raise Unsupported("activation_alpha/activation_beta are not split per direction")
+    full = list(node.input) + [""] * ((8 if lstm else 6) - len(node.input))
+    x, seq = full[0], full[4]
+    if int(a.get("layout", 0)):
+        raise Unsupported("layout 1 (onnxruntime runs layout 0 only)")
+    b = Builder(node, cx)
+    shape = cx.types.get(x).shape if cx.types.get(x) is not None else None
+    steps = shape[0] if shape is not None and len(shape) == 3 else None
+    if seq:
+        lens = known_value(seq, cx)
+        if lens is None:
+            raise Unsupported(f"its sequence_lens {seq!r} are not known before training")
+        lens = np.asarray(lens).reshape(-1)
+        if lens.size and (not np.all(lens == lens[0]) or not isinstance(steps, int) or lens[0] != steps):
+            raise Unsupported(f"its sequence_lens {seq!r} differ between sequences or from the sequence length")
+    if isinstance(steps, int):
+        reverse_index = b.ints(list(range(steps - 1, -1, -1)))
+    else:
+        t = b.op("Gather", b.op("Shape", x), b.const(0, np.int64), axis=0)
+        reverse_index = b.op("Range", b.op("Sub", t, b.const(1, np.int64)), b.const(-1, np.int64), b.const(-1, np.int64))
+    nd = 2 if direction == "bidirectional" else 1
+    per_act = 3 if lstm else 2
+    acts = [_text(v) for v in a.get("activations", [])]
+    outs: list[tuple[str, str, str | None]] = []
+    for d in range(nd):
+        rev = direction == "reverse" or d == 1
+
+        def part(name: str) -> str:
+            return name if not name or nd == 1 else b.op("Gather", name, b.ints([d]), axis=0)
+
+        inputs = [b.op("Gather", x, reverse_index, axis=0) if rev else x] + [part(full[k]) for k in (1, 2, 3)] + [""]
+        inputs += [part(full[k]) for k in range(5, len(full))]
+        while inputs and not inputs[-1]:
+            inputs.pop()
+        attrs = {k: v for k, v in a.items() if k in ("hidden_size", "clip", "input_forget", "linear_before_reset")}
+        if acts:
+            attrs["activations"] = acts[d * per_act:(d + 1) * per_act] if len(acts) > per_act else acts
+        names = [cx.fresh(f"{b.label}/{'bw' if rev else 'fw'}_{o}") for o in (("Y", "Y_h", "Y_c") if lstm else ("Y", "Y_h"))]
+        b.ops(node.op_type, *inputs, outs=names, direction="forward", **attrs)
+        y = b.op("Gather", names[0], reverse_index, axis=0) if rev else names[0]
+        outs.append((y, names[1], names[2] if lstm else None))
+    wanted = list(node.output) + [""] * (3 - len(node.output))
+    for k, which in enumerate(("Y", "Y_h", "Y_c")):
+        if not wanted[k]:
+            continue
+        parts = [o[k] for o in outs]
+        axis = 1 if which == "Y" else 0
+        if nd == 1:
+            b.op("Identity", parts[0], out=wanted[k])
+        else:
+            b.op("Concat", *parts, out=wanted[k], axis=axis)
+    return b.nodes
+
+
+# op -> function returning the nodes that replace a node (None: the node needs no rewrite).
+REWRITES: dict[str, Callable[[onnx.NodeProto, Context], list[onnx.NodeProto] | None]] = {
     "CastLike": cast_like,
     "ReduceMax": reduce_extreme,
     "ReduceMin": reduce_extreme,
@@ -393,6 +462,8 @@ REWRITES: dict[str, Callable[[onnx.NodeProto, Context], list[onnx.NodeProto]]] =
     "GroupNormalization": group_norm,
     "LpNormalization": lp_norm,
     "LRN": lrn,
+    "LSTM": recurrence,
+    "GRU": recurrence,
 }
 
 
@@ -444,9 +515,10 @@ def rewrite_graph(
             except Unsupported as e:
                 why[node.name or node.output[0]] = str(e)
             else:
-                done[node.op_type] = done.get(node.op_type, 0) + 1
-                work.extend(reversed(new))  # folded branches may hold more to rewrite
-                continue
+                if new is not None:
+                    done[node.op_type] = done.get(node.op_type, 0) + 1
+                    work.extend(reversed(new))  # folded branches may hold more to rewrite
+                    continue
         if hit:
             reached.update(o for o in node.output if o and (cx.elem(o) is None or cx.elem(o) in FLOATS))
         out.append(node)
