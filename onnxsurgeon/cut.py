@@ -17,7 +17,7 @@ import onnx
 
 from onnxsurgeon import dtypes, meta, modes, serde
 from onnxsurgeon.errors import InputError
-from onnxsurgeon.graph import GraphIndex, node_reads, rename_values
+from onnxsurgeon.graph import GraphIndex, Walk, empty_model, rename_values, walk_back
 from onnxsurgeon.names import Resolved, Resolver
 
 _RECORD = re.compile(r"^([^=]+)=(.+)$")
@@ -127,7 +127,7 @@ def extract(
 
     stop = {r.value for r in in_res}
     out_values = [r.value for r in out_res]
-    walk = _walk(index, out_values, stop)
+    walk = walk_back(index, out_values, stop)
     if walk.undefined:
         raise InputError(
             "the model is invalid: " + ", ".join(repr(v) for v in walk.undefined) + " are read but never produced",
@@ -147,7 +147,7 @@ def extract(
 
     # --- build the piece -----------------------------------------------------------------
     graph = model.graph
-    piece = _new_model(model)
+    piece = empty_model(model)
     g = piece.graph
     g.name, g.doc_string = graph.name, graph.doc_string
     kept = sorted(walk.keep)
@@ -180,10 +180,7 @@ def extract(
             onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in g.initializer
         )
     meta.put(piece, meta.MODE, params)
-    if params == "constant":
-        meta.set_frozen(piece, {t.name for t in g.initializer})
-    else:
-        meta.set_frozen(piece, meta.frozen(model) & {t.name for t in g.initializer})
+    meta.set_frozen(piece, meta.frozen_params(piece))  # the piece carries the model's frozen list
     provenance = dict(source or {})
     provenance.update(
         inputs={p.name: p.value for p in in_port_objs},
@@ -275,65 +272,6 @@ def _name_ports(g, in_ports, out_specs, out_res, fixed: set[str]) -> list[str]:
     return out_names
 
 
-@dataclass
-class _Walk:
-    keep: set[int] = field(default_factory=set)
-    params: set[str] = field(default_factory=set)
-    leaks: dict[str, None] = field(default_factory=dict)
-    undefined: list[str] = field(default_factory=list)
-    seen: set[str] = field(default_factory=set)
-    reads: dict[int, list[str]] = field(default_factory=dict)
-
-
-def upstream(model: onnx.ModelProto, outputs: list[onnx.ValueInfoProto], index: GraphIndex | None = None) -> onnx.ModelProto:
-    """The model computing ``outputs`` with only the nodes and parameters they need; its
-    inputs stay all the graph's, so the same feeds run it. Weights it does not need are
-    not copied (nor, for external data, read)."""
-    index = index or GraphIndex(model.graph)
-    walk = _walk(index, [o.name for o in outputs], set())
-    graph = model.graph
-    out = _new_model(model)
-    g = out.graph
-    g.name = graph.name
-    g.input.extend(graph.input)
-    g.node.extend(index.nodes[i] for i in sorted(walk.keep))
-    listed = {i.name for i in graph.input}  # IR-3 models list initializers as inputs
-    g.initializer.extend(t for t in graph.initializer if t.name in walk.params or t.name in listed)
-    g.sparse_initializer.extend(graph.sparse_initializer)
-    g.value_info.extend(graph.value_info)
-    g.output.extend(outputs)
-    return out
-
-
-def _walk(index: GraphIndex, outputs: list[str], stop: set[str]) -> _Walk:
-    """Walk back from the outputs to the inputs, collecting nodes and parameters."""
-    w = _Walk()
-    inits, graph_inputs, producer, nodes = index.initializers, index.inputs, index.producer, index.nodes
-    sparse = {s.values.name for s in index.graph.sparse_initializer}
-    seen, keep, reads = w.seen, w.keep, w.reads
-    stack = list(reversed(outputs))
-    while stack:
-        v = stack.pop()
-        if v in seen:
-            continue
-        seen.add(v)
-        if v in stop:
-            continue
-        i = producer.get(v)
-        if i is not None:
-            if i not in keep:
-                keep.add(i)
-                r = reads[i] = node_reads(nodes[i])
-                stack.extend(reversed(r))
-        elif v in inits or v in sparse:
-            w.params.add(v)
-        elif v in graph_inputs:
-            w.leaks[v] = None
-        else:
-            w.undefined.append(v)
-    return w
-
-
 def _unbind_cut_outputs(g: onnx.GraphProto, index: GraphIndex, kept: list[int], stop: set[str]) -> None:
     """A kept node with several outputs may also produce a value the cut takes as an input
     (``--in s_lo`` while ``s_hi`` is needed): that output now enters as a graph input, so
@@ -356,7 +294,7 @@ def _unbind_cut_outputs(g: onnx.GraphProto, index: GraphIndex, kept: list[int], 
         node.output[list(node.output).index(name)] = new
 
 
-def _path(index: GraphIndex, walk: _Walk, start: str) -> str:
+def _path(index: GraphIndex, walk: Walk, start: str) -> str:
     """One path from a value up to an output that reads it, through kept nodes."""
     consumers: dict[str, int] = {}
     for i in walk.keep:
@@ -370,7 +308,7 @@ def _path(index: GraphIndex, walk: _Walk, start: str) -> str:
     return " -> ".join(chain)
 
 
-def _open_cut(index: GraphIndex, walk: _Walk) -> InputError:
+def _open_cut(index: GraphIndex, walk: Walk) -> InputError:
     lines = [f"  - {leak!r} leaks in: {_path(index, walk, leak)}" for leak in walk.leaks]
     names = " ".join(f"--in {leak}" for leak in walk.leaks)
     return InputError(
@@ -396,7 +334,7 @@ def _copy_value_info(index: GraphIndex, keep: set[int], boundary: list[str], g: 
     return types
 
 
-def _check_depends(index: GraphIndex, walk: _Walk, out_res: list[Resolved], stop: set[str]) -> None:
+def _check_depends(index: GraphIndex, walk: Walk, out_res: list[Resolved], stop: set[str]) -> None:
     if len(out_res) == 1:  # one output: it depends on an input if its walk reached one
         depends = stop & walk.seen
         if out_res[0].value not in stop and depends:
@@ -447,7 +385,7 @@ def _check_new_names(g: onnx.GraphProto, rename: dict[str, str], extra: list[tup
 
 def _infer_types(model: onnx.ModelProto, index: GraphIndex, names: list[str]) -> dict[str, onnx.TypeProto]:
     """Types of values the model does not annotate, by shape inference on what computes them."""
-    w = _walk(index, names, set())
+    w = walk_back(index, names, set())
     g = onnx.GraphProto(name="infer")
     g.node.extend(index.nodes[i] for i in sorted(w.keep))
     g.input.extend(index.inputs[v] for v in w.leaks)
@@ -474,7 +412,8 @@ def _observe_types(model: onnx.ModelProto, names: list[str], sample: dict[str, A
     input and output, so a rank is needed; nothing is returned if the model cannot run."""
     if not names:
         return {}
-    from onnxsurgeon import compare, runtime
+    from onnxsurgeon import runtime
+    from onnxsurgeon.arrays import random_inputs
 
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
@@ -482,7 +421,7 @@ def _observe_types(model: onnx.ModelProto, names: list[str], sample: dict[str, A
     probe.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names)
     try:
         sess = runtime.session(probe, optimize=False)
-        values = sess.run(names, sample if sample is not None else compare.random_inputs(model))
+        values = sess.run(names, sample if sample is not None else random_inputs(model))
     except Exception:  # best effort: a model may need real data or fail on random values
         return {}
     out = {}
@@ -542,19 +481,3 @@ def _infer_piece(
     if wanted - found.keys():
         found.update((v.name, v.type) for v in inferred.graph.value_info if v.name in wanted)
     return {k: t for k, t in found.items() if k in wanted and t.WhichOneof("value") is not None}
-
-
-def _new_model(model: onnx.ModelProto) -> onnx.ModelProto:
-    """An empty model with the source's header: versions, opsets, metadata, functions."""
-    piece = onnx.ModelProto(
-        ir_version=model.ir_version,
-        producer_name=model.producer_name,
-        producer_version=model.producer_version,
-        domain=model.domain,
-        model_version=model.model_version,
-        doc_string=model.doc_string,
-    )
-    piece.opset_import.extend(model.opset_import)
-    piece.metadata_props.extend(model.metadata_props)
-    piece.functions.extend(model.functions)
-    return piece

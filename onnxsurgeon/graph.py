@@ -1,10 +1,13 @@
-"""A read-only index of an ONNX graph: who produces each value, who reads it, and what types
-are known. Built once in linear time; nothing here copies or decodes weights.
+"""The graph core: a read-only index of an ONNX graph (who produces each value, who reads
+it, what types are known), built once in linear time, and the walks over it (the nodes and
+parameters some values need: :func:`walk_back`, :func:`upstream`). Nothing here copies or decodes
+weights.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import onnx
@@ -150,3 +153,94 @@ class GraphIndex:
         if vi is not None and vi.type.WhichOneof("value") is not None:
             return vi.type
         return None
+
+
+def is_op(node: onnx.NodeProto, op: str) -> bool:
+    """Whether ``node`` is the ONNX operator ``op`` (default domain)."""
+    return node.op_type == op and node.domain in ("", "ai.onnx")
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    """The model's version of the default ONNX operator set (0 if it imports none)."""
+    return max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+
+
+def empty_model(model: onnx.ModelProto) -> onnx.ModelProto:
+    """An empty model with the source's header: versions, opsets, metadata, functions."""
+    piece = onnx.ModelProto(
+        ir_version=model.ir_version,
+        producer_name=model.producer_name,
+        producer_version=model.producer_version,
+        domain=model.domain,
+        model_version=model.model_version,
+        doc_string=model.doc_string,
+    )
+    piece.opset_import.extend(model.opset_import)
+    piece.metadata_props.extend(model.metadata_props)
+    piece.functions.extend(model.functions)
+    return piece
+
+
+# --- walks ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Walk:
+    """What a walk back from some values found: the nodes kept (indices), the parameters
+    read, the graph inputs reached (``leaks``), names nothing defines, and every value seen."""
+
+    keep: set[int] = field(default_factory=set)
+    params: set[str] = field(default_factory=set)
+    leaks: dict[str, None] = field(default_factory=dict)
+    undefined: list[str] = field(default_factory=list)
+    seen: set[str] = field(default_factory=set)
+    reads: dict[int, list[str]] = field(default_factory=dict)
+
+
+def walk_back(index: GraphIndex, outputs: list[str], stop: set[str]) -> Walk:
+    """Walk back from the outputs to the inputs (not past ``stop``), collecting nodes and parameters."""
+    w = Walk()
+    inits, graph_inputs, producer, nodes = index.initializers, index.inputs, index.producer, index.nodes
+    sparse = {s.values.name for s in index.graph.sparse_initializer}
+    seen, keep, reads = w.seen, w.keep, w.reads
+    stack = list(reversed(outputs))
+    while stack:
+        v = stack.pop()
+        if v in seen:
+            continue
+        seen.add(v)
+        if v in stop:
+            continue
+        i = producer.get(v)
+        if i is not None:
+            if i not in keep:
+                keep.add(i)
+                r = reads[i] = node_reads(nodes[i])
+                stack.extend(reversed(r))
+        elif v in inits or v in sparse:
+            w.params.add(v)
+        elif v in graph_inputs:
+            w.leaks[v] = None
+        else:
+            w.undefined.append(v)
+    return w
+
+
+def upstream(model: onnx.ModelProto, outputs: list[onnx.ValueInfoProto], index: GraphIndex | None = None) -> onnx.ModelProto:
+    """The model computing ``outputs`` with only the nodes and parameters they need; its
+    inputs stay all the graph's, so the same feeds run it. Weights it does not need are
+    not copied (nor, for external data, read)."""
+    index = index or GraphIndex(model.graph)
+    w = walk_back(index, [o.name for o in outputs], set())
+    graph = model.graph
+    out = empty_model(model)
+    g = out.graph
+    g.name = graph.name
+    g.input.extend(graph.input)
+    g.node.extend(index.nodes[i] for i in sorted(w.keep))
+    listed = {i.name for i in graph.input}  # IR-3 models list initializers as inputs
+    g.initializer.extend(t for t in graph.initializer if t.name in w.params or t.name in listed)
+    g.sparse_initializer.extend(graph.sparse_initializer)
+    g.value_info.extend(graph.value_info)
+    g.output.extend(outputs)
+    return out

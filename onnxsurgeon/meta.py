@@ -16,7 +16,6 @@ SHARED = "onnxsurgeon.shared"  # JSON list of the parameters shared by several u
 CUT = "onnxsurgeon.cut"
 COMPOSE = "onnxsurgeon.compose"
 DATA = "onnxsurgeon.data"  # JSON {"file", "id"}: the data file saved with the model
-KEYS = (MODE, FROZEN, SHARED, CUT, COMPOSE)
 
 
 def get(model: onnx.ModelProto, key: str) -> str | None:
@@ -56,6 +55,16 @@ def _names(model: onnx.ModelProto, key: str) -> set[str]:
 def frozen(model: onnx.ModelProto) -> set[str]:
     """Names of the parameters marked frozen."""
     return _names(model, FROZEN)
+
+
+def frozen_params(model: onnx.ModelProto, mode: str | None = None) -> set[str]:
+    """The parameters that never change: all of them in ``constant`` mode (the model's
+    stored mode unless ``mode`` is given), else those marked frozen. The one rule that
+    ``extract``, ``compose`` and ``train`` follow."""
+    names = {t.name for t in model.graph.initializer}
+    if (mode if mode is not None else get(model, MODE)) == "constant":
+        return names
+    return frozen(model) & names
 
 
 def shared(model: onnx.ModelProto) -> set[str]:

@@ -11,13 +11,9 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxsurgeon import serde
-from onnxsurgeon.graph import node_reads, rename_values
+from onnxsurgeon.graph import is_op, node_reads, rename_values
 
 MODES = ("learnable", "constant", "shared")
-
-
-def _is_op(node: onnx.NodeProto, op: str) -> bool:
-    return node.op_type == op and node.domain in ("", "ai.onnx")
 
 
 def freeze(
@@ -56,7 +52,7 @@ def freeze(
 
     for node in graph.node:
         label = node.name or node.output[0]
-        if _is_op(node, "Dropout"):
+        if is_op(node, "Dropout"):
             data = node.input[0]
             alias_to(node.output[0], data)
             if len(node.output) > 1 and node.output[1]:
@@ -73,7 +69,7 @@ def freeze(
                 )
             removed.append(label)
             continue
-        if _is_op(node, "BatchNormalization"):
+        if is_op(node, "BatchNormalization"):
             result = _fold_batchnorm(node, inits, rank_of, fresh)
             if isinstance(result, str):
                 warnings.append(f"BatchNormalization {label!r} kept: {result}")
@@ -165,9 +161,9 @@ def inference_view(model: onnx.ModelProto) -> onnx.ModelProto:
     out.CopyFrom(model)
     extra: list[onnx.NodeProto] = []
     for node in out.graph.node:
-        if _is_op(node, "Dropout") and len(node.input) > 2:
+        if is_op(node, "Dropout") and len(node.input) > 2:
             node.input[2] = ""  # no training_mode: inference
-        elif _is_op(node, "BatchNormalization") and any(
+        elif is_op(node, "BatchNormalization") and any(
             a.name == "training_mode" and a.i for a in node.attribute
         ):
             attrs = [a for a in node.attribute if a.name != "training_mode"]

@@ -10,7 +10,7 @@ import onnx
 
 from onnxsurgeon import serde
 from onnxsurgeon.errors import EnvironmentProblem, InputError
-from onnxsurgeon.graph import subgraphs
+from onnxsurgeon.graph import default_opset, subgraphs
 
 # onnxruntime 1.19 reads models up to these versions.
 MAX_IR = 10
@@ -60,7 +60,7 @@ def session(model: onnx.ModelProto, what: str = "the model", optimize: bool = Tr
     ``optimize=False`` turns off graph optimizations: fusions then cannot differ between a
     model and a piece of it, so the two compute bit for bit the same values."""
     ort = _ort()
-    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    opset = default_opset(model)
     if opset > MAX_OPSET:
         raise EnvironmentProblem(
             f"{what} uses opset {opset}; onnxruntime {ort.__version__} runs opsets up to {MAX_OPSET}",

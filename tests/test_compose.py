@@ -15,7 +15,7 @@ from onnx import helper, numpy_helper
 
 import onnxsurgeon as osg
 from onnxsurgeon import meta, runtime, serde
-from onnxsurgeon.compare import random_inputs
+from onnxsurgeon.arrays import random_inputs
 from onnxsurgeon.composition import Network, PieceError, compose, load_piece
 from onnxsurgeon.composition.inline import _Template
 

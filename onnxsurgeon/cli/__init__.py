@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line and return its exit code."""
     import typer
 
-    from onnxsurgeon.cli.app import app, click
+    from onnxsurgeon.cli.app import UsageError, app
 
     try:
         result = app(args=argv, standalone_mode=False, prog_name="onnxsurgeon")
@@ -29,13 +29,13 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     except typer.Exit as e:
         return e.exit_code
-    except click.exceptions.UsageError as e:
+    except UsageError as e:
         e.show(file=sys.stderr)
         return 2
-    except (getattr(click.exceptions, "Abort", KeyboardInterrupt), KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt):
         print("onnxsurgeon: interrupted", file=sys.stderr)
         return INTERRUPTED
-    except click.exceptions.ClickException as e:
+    except typer.TyperException as e:
         _error(e.format_message(), None)
         return 2
     except Exception:

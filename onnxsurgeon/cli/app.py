@@ -6,10 +6,10 @@ import typer
 
 from onnxsurgeon import __version__
 
-try:  # typer >= 0.20 carries its own copy of click; older ones use click itself
-    from typer import _click as click
-except ImportError:  # pragma: no cover - depends on the installed typer
-    import click  # type: ignore[no-redef]
+# typer (>= 0.26) raises the errors of the click it carries inside. It exports their base
+# class (TyperException) and BadParameter, but not UsageError: we reach UsageError as a base
+# class of BadParameter rather than import typer's private copy of click.
+UsageError: type[Exception] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
 
 app = typer.Typer(
     name="onnxsurgeon",
@@ -40,4 +40,4 @@ def _root(
 
 from onnxsurgeon.cli import compose_cmds, cut_cmds, inspect_cmds, train_cmds  # noqa: E402  (commands register on import)
 
-__all__ = ["app", "click", "compose_cmds", "cut_cmds", "inspect_cmds", "train_cmds"]
+__all__ = ["UsageError", "app", "compose_cmds", "cut_cmds", "inspect_cmds", "train_cmds"]

@@ -42,7 +42,7 @@ def extract(
     """
     import onnxsurgeon as osg
     from onnxsurgeon import serde
-    from onnxsurgeon.compare import load_data
+    from onnxsurgeon.arrays import load_data
 
     if not outputs:
         raise InputError("no --out given", "name the values the piece computes with --out NAME")
@@ -108,7 +108,7 @@ def verify(
     Example: onnxsurgeon verify fixtures/autoencoder.onnx feat.onnx
     """
     import onnxsurgeon as osg
-    from onnxsurgeon.compare import load_data
+    from onnxsurgeon.arrays import load_data
 
     arrays = load_data(str(data)) if data is not None else None
     report = osg.verify(

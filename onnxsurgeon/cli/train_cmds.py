@@ -139,7 +139,7 @@ def train(
     """
     import onnxsurgeon as osg
     from onnxsurgeon import serde
-    from onnxsurgeon.compare import load_data
+    from onnxsurgeon.arrays import load_data
     from onnxsurgeon.train import data as data_mod
     from onnxsurgeon.train.loop import TrainSettings, compile_training
     from onnxsurgeon.train.loop import train as run_training
@@ -294,7 +294,7 @@ def eval_(
     Example: onnxsurgeon eval trained.onnx --data val.npz --metric 'error(z, labels)' --metric 'ce(z, labels)'
     """
     import onnxsurgeon as osg
-    from onnxsurgeon.compare import load_data
+    from onnxsurgeon.arrays import load_data
     from onnxsurgeon.train.evaluate import evaluate
 
     report = evaluate(osg.load(model), load_data(str(data)), metrics, batch_size, label=str(data))
@@ -327,7 +327,7 @@ def run_(
 
     import onnxsurgeon as osg
     from onnxsurgeon import serde
-    from onnxsurgeon.compare import load_data
+    from onnxsurgeon.arrays import load_data
     from onnxsurgeon.train.evaluate import run
 
     if batch_size is not None and batch_size < 1:

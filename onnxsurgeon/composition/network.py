@@ -17,9 +17,10 @@ from onnx import helper
 from onnxsurgeon import __version__, meta, serde
 from onnxsurgeon.composition.inline import _Template, _Use
 from onnxsurgeon.composition.merge import _at_opset, _functions, _ir_version, _opsets
-from onnxsurgeon.composition.piece import Piece, _default_opset, load_piece
+from onnxsurgeon.composition.piece import Piece, load_piece
 from onnxsurgeon.composition.report import ComposeReport, ParamSummary, PieceSummary, _nbytes
 from onnxsurgeon.errors import InputError
+from onnxsurgeon.graph import default_opset
 from onnxsurgeon.expr import (
     IDENTIFIER,
     ArgumentError,
@@ -444,7 +445,7 @@ class Network:
         return PieceSummary(
             name=piece.name, source=piece.source, mode=piece.mode, nodes=len(piece.model.graph.node),
             parameters=len(piece.parameters), parameter_bytes=sum(_nbytes(t) for t in piece.parameters),
-            opset=piece.opset, converted_to=_default_opset(converted) if converted is not None and converted is not piece.model else None,
+            opset=piece.opset, converted_to=default_opset(converted) if converted is not None and converted is not piece.model else None,
             uses=tuple(self._uses[piece.name]),
         )
 

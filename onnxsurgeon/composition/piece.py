@@ -14,6 +14,7 @@ import onnx
 
 from onnxsurgeon import meta, modes, serde
 from onnxsurgeon.errors import InputError
+from onnxsurgeon.graph import default_opset
 from onnxsurgeon.expr import (
     IDENTIFIER,
     TensorType,
@@ -45,7 +46,7 @@ class Piece:
 
     @property
     def opset(self) -> int:
-        return _default_opset(self.model)
+        return default_opset(self.model)
 
     @property
     def parameters(self) -> list[onnx.TensorProto]:
@@ -53,12 +54,7 @@ class Piece:
 
     @property
     def frozen(self) -> set[str]:
-        names = {t.name for t in self.model.graph.initializer}
-        return names if self.mode == "constant" else meta.frozen(self.model) & names
-
-
-def _default_opset(model: onnx.ModelProto) -> int:
-    return max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+        return meta.frozen_params(self.model, self.mode)
 
 
 def load_piece(

@@ -42,11 +42,9 @@ import onnx
 import onnx.numpy_helper
 
 from onnxsurgeon.errors import InputError
+from onnxsurgeon.graph import default_opset
+from onnxsurgeon.runtime import MAX_IR, MAX_OPSET
 from onnxsurgeon.train import ort
-
-# What onnxruntime 1.19 loads.
-MAX_IR = 10
-MAX_OPSET = 21
 
 LOSSES = ("mse", "ce")
 OPTIMIZERS = ("sgd", "adamw")
@@ -65,24 +63,20 @@ class ArtifactPaths:
     label_input: str  # name of the graph input for targets ("target" for mse, "labels" for ce)
 
 
-def _opset(model: onnx.ModelProto) -> int:
-    return max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
-
-
 def loadable(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of `model` within IR <= 10 and opset <= 21 (converted down if needed)."""
-    if model.ir_version <= MAX_IR and _opset(model) <= MAX_OPSET:
+    if model.ir_version <= MAX_IR and default_opset(model) <= MAX_OPSET:
         return model
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
-    if _opset(copy) > MAX_OPSET:
+    if default_opset(copy) > MAX_OPSET:
         from onnx import version_converter
 
         try:
             copy = version_converter.convert_version(copy, MAX_OPSET)
         except Exception as e:  # the converter raises assorted errors for ops it cannot move
             raise InputError(
-                f"the model uses opset {_opset(model)}; onnxruntime 1.19 trains opsets up to {MAX_OPSET}, "
+                f"the model uses opset {default_opset(model)}; onnxruntime 1.19 trains opsets up to {MAX_OPSET}, "
                 f"and converting it failed: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}",
                 f"export the model at opset {MAX_OPSET} or lower",
             ) from None

@@ -40,28 +40,22 @@ from onnx import helper
 from onnxsurgeon.errors import InputError
 from onnxsurgeon.expr import (
     ArgumentError,
-    BinOp,
     Builder,
-    Call,
     ExprError,
     Function,
-    Member,
-    Name,
-    Neg,
     Param,
     TensorType,
     Value,
     broadcast,
     evaluate,
+    names_in,
     parse,
     tensor_functions,
 )
-from onnxsurgeon.graph import GraphIndex, node_reads
+from onnxsurgeon.graph import GraphIndex, default_opset, node_reads
 from onnxsurgeon.names import Resolver, alias
 
 FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
-LOSS_FUNCTIONS = ("ce", "mse", "bce")
-METRIC_FUNCTIONS = ("error", "hamming")
 
 
 @dataclass(frozen=True)
@@ -83,10 +77,6 @@ class Objective:
             "reads": list(self.reads),
             "notes": list(self.notes),
         }
-
-
-def opset_of(model: onnx.ModelProto) -> int:
-    return max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
 
 
 def batch_symbol(model: onnx.ModelProto) -> str:
@@ -136,25 +126,11 @@ def data_type(array: np.ndarray, float_elem: int, batch: str) -> TensorType:
     return TensorType(elem, (batch, *array.shape[1:]))
 
 
-def _names(expr: Any) -> list[Name]:
-    if isinstance(expr, Name):
-        return [expr]
-    if isinstance(expr, Member):
-        return _names(expr.base)
-    if isinstance(expr, Call):
-        return [n for a in (*expr.args, *(v for _, v in expr.keywords)) for n in _names(a)]
-    if isinstance(expr, BinOp):
-        return _names(expr.left) + _names(expr.right)
-    if isinstance(expr, Neg):
-        return _names(expr.operand)
-    return []
-
-
 def names_read(expressions: Sequence[str]) -> list[str]:
     """The names the expressions read, in order of first use (syntax errors raise)."""
     seen: dict[str, None] = {}
     for text in expressions:
-        for n in _names(parse(text)):
+        for n in names_in(parse(text)):
             seen.setdefault(n.id, None)
     return list(seen)
 
@@ -436,7 +412,7 @@ def compile_objective(
         return memo[value]
 
     notes: list[str] = []
-    table = tensor_functions(b) | _Functions(b, opset_of(model), depends, notes).table()
+    table = tensor_functions(b) | _Functions(b, default_opset(model), depends, notes).table()
     outputs: list[tuple[str, str, int, bool]] = []  # (expression, value, element type, is loss)
     for k, (text, tree) in enumerate(zip(texts, trees)):
         result = evaluate(tree, scope, table)

@@ -42,11 +42,11 @@ import onnx.inliner
 
 from onnxsurgeon import meta, serde
 from onnxsurgeon.errors import InputError
-from onnxsurgeon.graph import node_reads
+from onnxsurgeon.graph import default_opset, is_op, node_reads
 from onnxsurgeon.names import alias
 from onnxsurgeon.train import rewrite
 from onnxsurgeon.train.artifacts import MAX_IR, MAX_OPSET, prepare_for_gradients
-from onnxsurgeon.train.losses import opset_of, value_types
+from onnxsurgeon.train.losses import value_types
 
 MIN_OPSET = 13
 
@@ -131,15 +131,11 @@ class TrainPlan:
         }
 
 
-def _is(node: onnx.NodeProto, op: str) -> bool:
-    return node.op_type == op and node.domain in ("", "ai.onnx")
-
-
 def frozen_names(model: onnx.ModelProto, patterns: Iterable[str] = ()) -> set[str]:
     """Parameters that must not change: marked frozen in the metadata, all of a ``constant``
     piece, and those matching a pattern (``fnmatch``, on the name or its alias)."""
     names = [t.name for t in model.graph.initializer]
-    frozen = set(names) if meta.mode(model) == "constant" else meta.frozen(model) & set(names)
+    frozen = meta.frozen_params(model)
     patterns = list(patterns)
     unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(n, p) or fnmatch.fnmatchcase(alias(n), p) for n in names)]
     if unmatched:
@@ -153,7 +149,7 @@ def frozen_names(model: onnx.ModelProto, patterns: Iterable[str] = ()) -> set[st
 
 
 def _versions(model: onnx.ModelProto, changes: list[str]) -> onnx.ModelProto:
-    opset = opset_of(model)
+    opset = default_opset(model)
     if MIN_OPSET <= opset <= MAX_OPSET:
         return model
     from onnx import version_converter
@@ -219,7 +215,7 @@ def prepare(
     decomposed: dict[str, int] = {}
     for node in graph.node:
         label = node.name or node.output[0]
-        if _is(node, "Dropout"):
+        if is_op(node, "Dropout"):
             if true_name is None:
                 true_name = fresh("onnxsurgeon.training_mode")
                 nodes.append(helper.make_node("Constant", [], [true_name], name=true_name, value=numpy_helper.from_array(np.array(True))))
@@ -227,7 +223,7 @@ def prepare(
                 node.input.append("")
             node.input[2] = true_name
             counts["dropout"] += 1
-        elif _is(node, "BatchNormalization"):
+        elif is_op(node, "BatchNormalization"):
             stats = list(node.input[3:5])
             if all(s in frozen for s in stats):
                 nodes.extend(_fixed_batchnorm(node, types, fresh, label))
@@ -248,10 +244,10 @@ def prepare(
                 kept = [a for a in node.attribute if a.name != "training_mode"]
                 del node.attribute[:]
                 node.attribute.extend(kept)
-        elif (_is(node, "LSTM") and len(node.input) < 8) or (_is(node, "GRU") and len(node.input) < 6):
+        elif (is_op(node, "LSTM") and len(node.input) < 8) or (is_op(node, "GRU") and len(node.input) < 6):
             node.input.extend([""] * ((8 if node.op_type == "LSTM" else 6) - len(node.input)))
             counts["rnn"] += 1
-        elif _is(node, "Gelu") and any(a.name == "approximate" and a.s == b"tanh" for a in node.attribute):
+        elif is_op(node, "Gelu") and any(a.name == "approximate" and a.s == b"tanh" for a in node.attribute):
             nodes.extend(_tanh_gelu(node, types, fresh))
             counts["gelu"] += 1
             continue
