@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import weakref
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,11 @@ MAX_OPSET = 21
 # onnxruntime's session set-up time doubles with each level of If/Loop/Scan nesting (about
 # half a second at 16 levels, minutes at 25): deeper models are refused rather than hang.
 MAX_NESTING = 16
+
+# onnxruntime reads external initializers in place from the OrtValues handed to it and holds
+# no reference to them: they must live exactly as long as their session. Sessions take no
+# attributes of ours through public API, so the values are held here, dropped with the session.
+_WEIGHTS_OF: weakref.WeakKeyDictionary[Any, list[Any]] = weakref.WeakKeyDictionary()
 
 
 _ORTMODULE = "onnxruntime.training.ortmodule"
@@ -97,7 +103,8 @@ def session(model: onnx.ModelProto, what: str = "the model", optimize: bool = Tr
         sess = ort.InferenceSession(serde.to_bytes(model, keep=mapped), options, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own exception types for bad models
         raise InputError(f"onnxruntime cannot load {what}: {_first_line(e)}") from None
-    sess._osg_weights = values  # onnxruntime reads them in place: keep them alive with the session
+    if values:
+        _WEIGHTS_OF[sess] = values
     return sess
 
 

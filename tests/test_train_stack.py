@@ -352,12 +352,8 @@ def layer_model(op: str, mask: bool = False) -> onnx.ModelProto:
 def raw_generate(model: onnx.ModelProto, trainable: list[str], directory: Path) -> None:
     """onnxruntime's generate_artifacts as it is (quiet), without make_artifacts' preparation."""
     artifacts = ort.artifacts()
-    import onnxruntime.training.onnxblock._training_graph_utils as tgu
-
-    from onnxsurgeon.train.artifacts import _quiet_graph_builders
-
     directory.mkdir(parents=True, exist_ok=True)
-    with _quiet_graph_builders(tgu):
+    with ort.quiet_graph_builders():
         artifacts.generate_artifacts(
             model,
             requires_grad=trainable,

@@ -29,12 +29,10 @@ inside the graphs). What this module adds around it:
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,23 +147,6 @@ def prepare_for_gradients(model: onnx.ModelProto) -> onnx.ModelProto:
     return copy
 
 
-@contextlib.contextmanager
-def _quiet_graph_builders(training_graph_utils) -> Iterator[None]:
-    """Make generate_artifacts' internal SessionOptions() quiet for the duration."""
-    original = training_graph_utils.SessionOptions
-
-    def quiet_options():
-        options = original()
-        options.log_severity_level = ort.QUIET
-        return options
-
-    training_graph_utils.SessionOptions = quiet_options
-    try:
-        yield
-    finally:
-        training_graph_utils.SessionOptions = original
-
-
 def _check_names(model: onnx.ModelProto, trainable: list[str], frozen: list[str]) -> None:
     initializers = {t.name for t in model.graph.initializer}
     if not trainable:
@@ -233,13 +214,11 @@ def _generate(model: onnx.ModelProto, out_dir: str | os.PathLike, **options) -> 
     """generate_artifacts into a scratch folder inside `out_dir`, quiet, IR clamped; the files
     are moved into place only once all were written. Returns the names written."""
     artifacts = ort.artifacts()
-    import onnxruntime.training.onnxblock._training_graph_utils as training_graph_utils
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=".artifacts-", dir=out))
     try:
-        with _quiet_graph_builders(training_graph_utils):
+        with ort.quiet_graph_builders():
             try:
                 artifacts.generate_artifacts(model, artifact_directory=scratch, **options)
             except Exception as e:  # onnx/onnxruntime raise their own types (Fail, RuntimeError, ...)

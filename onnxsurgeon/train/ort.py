@@ -31,10 +31,12 @@ hint when onnxruntime-training is missing (e.g. only the plain ``onnxruntime`` i
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.machinery
 import importlib.util
 import sys
+from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
 
@@ -141,6 +143,30 @@ def artifacts() -> ModuleType:
 def onnxblock() -> ModuleType:
     """``onnxruntime.training.onnxblock``: loss and optimizer blocks, save_checkpoint."""
     return _load("onnxblock")
+
+
+@contextlib.contextmanager
+def quiet_graph_builders() -> Iterator[None]:
+    """Make generate_artifacts' internal ``SessionOptions()`` quiet for the duration.
+
+    The pre-training graph transformers log at INFO to stderr unless their SessionOptions
+    have a log level, and generate_artifacts builds a bare one in a private module of
+    onnxruntime-training (no public way to pass options): it is replaced there, here only."""
+    _setup()
+    import onnxruntime.training.onnxblock._training_graph_utils as training_graph_utils
+
+    original = training_graph_utils.SessionOptions
+
+    def quiet_options():
+        options = original()
+        options.log_severity_level = QUIET
+        return options
+
+    training_graph_utils.SessionOptions = quiet_options
+    try:
+        yield
+    finally:
+        training_graph_utils.SessionOptions = original
 
 
 def session_options() -> Any:
