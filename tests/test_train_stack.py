@@ -1,8 +1,9 @@
 """The training stack under onnxsurgeon.train: onnxruntime-training 1.19 without torch.
 
-Two kinds of tests. The first check our base layer (onnxsurgeon.train.ort/artifacts): it
-imports without torch, and one training step through onnxruntime.training.api is exactly
-the numpy one. The `test_fact_*` ones pin down behaviours of onnxruntime-training that the
+Two kinds of tests. The first check our base layer (onnxsurgeon.train.ort/artifacts), with
+artifacts made as ``train`` makes them (the loss compiled in, then ``artifacts.build``): it
+imports without torch, and the gradients and AdamW steps through onnxruntime.training.api
+are exactly the numpy ones. The `test_fact_*` ones pin down behaviours of onnxruntime-training that the
 training design works around; each fails if a future version changes the behaviour, so the
 workaround can be revisited.
 """
@@ -21,8 +22,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxsurgeon.errors import EnvironmentProblem, InputError
-from onnxsurgeon.train import ort
-from onnxsurgeon.train.artifacts import MAX_IR, make_artifacts
+from onnxsurgeon.runtime import MAX_IR
+from onnxsurgeon.train import artifacts, ort
+from onnxsurgeon.train.loop import compile_training
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -97,12 +99,27 @@ def mlp_grads(p: dict[str, np.ndarray], x: np.ndarray = X, t: np.ndarray = TARGE
     return {"W1": x.T @ dh1, "b1": dh1.sum(0), "W2": h2.T @ dy, "b2": dy.sum(0)}
 
 
+def train_artifacts(model: onnx.ModelProto, out_dir: Path, freeze: tuple[str, ...] = (), loss: str = "mse(y, target)",
+                    data: dict[str, np.ndarray] | None = None, adamw: bool = True, weight_decay: float = 0.0):
+    """Artifacts as `train` makes them: the model prepared and the loss compiled in, then
+    artifacts.build, with onnxruntime's AdamW in torch's form (betas 0.9/0.999, eps 1e-6) or,
+    for SGD (onnxsurgeon's own), no optimizer model."""
+    compiled = compile_training(model, data if data is not None else {"x": X, "target": TARGET}, loss, freeze=tuple(freeze))
+    settings = {"beta1": 0.9, "beta2": 0.999, "eps": 1e-6, "weight_decay": weight_decay} if adamw else None
+    return artifacts.build(compiled.model, list(compiled.plan.trainable), list(compiled.plan.running_stats), out_dir, settings)
+
+
+def paths_in(directory: Path) -> artifacts.ArtifactPaths:
+    return artifacts.ArtifactPaths(*(directory / name for name in artifacts.FILES))
+
+
 def session(paths, optimizer: str | Path | None = None):
-    """(state, module, optimizer) from artifact paths, quiet and single-threaded."""
+    """(state, module, optimizer or None) from artifact paths, quiet and single-threaded."""
     api = ort.api()
     state = api.CheckpointState.load_checkpoint(paths.checkpoint)
     module = api.Module(str(paths.training_model), state, str(paths.eval_model), session_options=ort.session_options())
-    opt = api.Optimizer(str(optimizer or paths.optimizer_model), module)
+    path = optimizer or paths.optimizer_model
+    opt = api.Optimizer(str(path), module) if Path(path).exists() else None
     return state, module, opt
 
 
@@ -116,12 +133,12 @@ def train_step(module, opt, *inputs) -> float:
 
 @pytest.fixture(scope="module")
 def sgd_artifacts(tmp_path_factory):
-    return make_artifacts(mlp(), ["W1", "b1", "W2"], ["b2"], "mse", "sgd", tmp_path_factory.mktemp("sgd"))
+    return train_artifacts(mlp(), tmp_path_factory.mktemp("sgd"), freeze=("b2",), adamw=False)
 
 
 @pytest.fixture(scope="module")
 def adamw_artifacts(tmp_path_factory):
-    return make_artifacts(mlp(), ["W1", "b1", "W2"], ["b2"], "mse", "adamw", tmp_path_factory.mktemp("adamw"))
+    return train_artifacts(mlp(), tmp_path_factory.mktemp("adamw"), freeze=("b2",))
 
 
 # ---------------------------------------------------------------- the base layer
@@ -183,27 +200,27 @@ def test_loader_reports_missing_training_build(tmp_path):
     assert proc.stdout.startswith("3 pip install onnxruntime-training-cpu==1.19.2")
 
 
-def test_sgd_step_matches_numpy_and_frozen_stays_bit_identical(sgd_artifacts):
+def test_gradients_match_numpy_and_frozen_is_a_constant(sgd_artifacts):
     state, module, opt = session(sgd_artifacts)
+    assert opt is None  # SGD: no optimizer model, onnxsurgeon updates the parameters itself
     start = initial(mlp())
-    lr = 0.1
-    opt.set_learning_rate(lr)
-    train_step(module, opt, X, TARGET)
+    module.train()
+    loss = float(module(X, TARGET))
+    assert loss == pytest.approx(((np.maximum(X @ start["W1"] + start["b1"], 0) @ start["W2"] + start["b2"] - TARGET) ** 2).mean(), abs=1e-6)
     grads = mlp_grads({k: v.astype(np.float64) for k, v in start.items()})
+    assert sorted(name for name, _ in state.parameters) == ["W1", "W2", "b1"]
     for name in ("W1", "b1", "W2"):
-        expected = start[name].astype(np.float64) - lr * grads[name]
-        np.testing.assert_allclose(state.parameters[name].data, expected, rtol=0, atol=1e-6)
-        assert not np.array_equal(state.parameters[name].data, start[name])
-    # frozen: in the checkpoint, never updated, not even by rounding
-    assert not state.parameters["b2"].requires_grad
-    assert state.parameters["b2"].data.tobytes() == start["b2"].tobytes()
+        np.testing.assert_allclose(state.parameters[name].grad, grads[name], rtol=0, atol=1e-6)
+    # frozen: not in the checkpoint at all, a constant inside the training graph, bit for bit
+    (b2,) = [t for t in onnx.load(sgd_artifacts.training_model).graph.initializer if t.name == "b2"]
+    assert numpy_helper.to_array(b2).tobytes() == start["b2"].tobytes()
 
 
 def test_artifacts_are_loadable_and_quiet(tmp_path):
     # opset 22 and IR 11 (what onnx >= 1.18 writes): converted and clamped for onnxruntime 1.19
     model = mlp(opset=22)
     model.ir_version = 11
-    paths = make_artifacts(model, ["W1"], ["W2"], "mse", "adamw", tmp_path)
+    paths = train_artifacts(model, tmp_path, freeze=("W2",))
     for path in (paths.training_model, paths.eval_model, paths.optimizer_model):
         written = onnx.load(path)
         assert written.ir_version <= MAX_IR
@@ -218,27 +235,24 @@ def test_artifacts_are_loadable_and_quiet(tmp_path):
 
 
 def test_cross_entropy_artifacts(tmp_path):
-    paths = make_artifacts(mlp(), ["W1", "b1", "W2", "b2"], [], "ce", "sgd", tmp_path)
-    assert paths.label_input == "labels"
+    labels = np.array([0, 1, 1, 0, 1], np.int64)
+    paths = train_artifacts(mlp(), tmp_path, loss="ce(y, labels)", data={"x": X, "labels": labels})
     _, module, opt = session(paths)
     assert module.input_names() == ["x", "labels"]
-    loss = train_step(module, opt, X, np.array([0, 1, 1, 0, 1], np.int64))
+    loss = train_step(module, opt, X, labels)
     assert np.isfinite(loss)
 
 
 @pytest.mark.parametrize(
-    "trainable, frozen, loss, optimizer, message",
+    "freeze, loss, message",
     [
-        (["W1", "nope"], [], "mse", "sgd", "not in the model's initializers: nope"),
-        (["W1"], ["W1"], "mse", "sgd", "both trainable and frozen: W1"),
-        ([], ["W1"], "mse", "sgd", "nothing to train"),
-        (["W1"], [], "l1", "sgd", "unknown loss"),
-        (["W1"], [], "mse", "adam", "unknown optimizer"),
+        (("nope",), "mse(y, target)", "matched no parameter: nope"),
+        (("*",), "mse(y, target)", "nothing to train"),
     ],
 )
-def test_make_artifacts_input_errors(tmp_path, trainable, frozen, loss, optimizer, message):
+def test_training_graph_input_errors(tmp_path, freeze, loss, message):
     with pytest.raises(InputError, match=message):
-        make_artifacts(mlp(), trainable, frozen, loss, optimizer, tmp_path)
+        train_artifacts(mlp(), tmp_path, freeze=freeze, loss=loss)
 
 
 def test_environment_problem_is_exit_3():
@@ -264,8 +278,9 @@ def test_fact_a_only_package_inits_import_torch(tmp_path):
         import numpy as np
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from test_train_stack import mlp, X, TARGET, session, train_step
-        from onnxsurgeon.train.artifacts import make_artifacts
-        paths = make_artifacts(mlp(), ["W1"], [], "mse", "adamw", tempfile.mkdtemp())
+        from test_train_stack import train_artifacts
+        from pathlib import Path
+        paths = train_artifacts(mlp(), Path(tempfile.mkdtemp()))
         state, module, opt = session(paths)
         train_step(module, opt, X, TARGET)
         assert "torch" not in sys.modules
@@ -301,7 +316,8 @@ def batchnorm_model() -> onnx.ModelProto:
 def test_fact_b_batchnorm_is_always_in_training_mode(tmp_path):
     model = batchnorm_model()
     start = initial(model)
-    paths = make_artifacts(model, ["W"], ["scale", "bias", "mean", "var"], "mse", "sgd", tmp_path)
+    raw_generate(model, ["W"], tmp_path, frozen=["scale", "bias", "mean", "var"])
+    paths = paths_in(tmp_path)
     (bn,) = [
         n
         for n in onnx.load(paths.training_model).graph.node
@@ -349,16 +365,18 @@ def layer_model(op: str, mask: bool = False) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def raw_generate(model: onnx.ModelProto, trainable: list[str], directory: Path) -> None:
-    """onnxruntime's generate_artifacts as it is (quiet), without make_artifacts' preparation."""
-    artifacts = ort.artifacts()
+def raw_generate(model: onnx.ModelProto, trainable: list[str], directory: Path, frozen: list[str] = (),
+                 optimizer: str = "SGD") -> None:
+    """onnxruntime's generate_artifacts as it is (quiet, MSE loss), without onnxsurgeon's preparation."""
+    generate = ort.artifacts()
     directory.mkdir(parents=True, exist_ok=True)
     with ort.quiet_graph_builders():
-        artifacts.generate_artifacts(
+        generate.generate_artifacts(
             model,
             requires_grad=trainable,
-            loss=artifacts.LossType.MSELoss,
-            optimizer=artifacts.OptimType.SGD,
+            frozen_params=list(frozen),
+            loss=generate.LossType.MSELoss,
+            optimizer=getattr(generate.OptimType, optimizer),
             artifact_directory=directory,
         )
 
@@ -385,8 +403,8 @@ def test_fact_c_single_output_layernorm_fails(tmp_path):
     trainable = ["W", "scale", "bias"]
     with pytest.raises(Exception, match="OutputDefs"):
         raw_generate(model, trainable, tmp_path)
-    # make_artifacts declares the two optional outputs, and the gradients are right
-    grads = grads_after_forward(make_artifacts(model, trainable, [], "mse", "sgd", tmp_path / "ok"))
+    # train's preparation declares the two optional outputs, and the gradients are right
+    grads = grads_after_forward(train_artifacts(model, tmp_path / "ok", data={"x": LN_X, "target": LN_T}, adamw=False))
     start = {k: v.astype(np.float64) for k, v in initial(model).items()}
 
     def loss(p):
@@ -411,20 +429,18 @@ def test_fact_c_inference_dropout_fails_or_gets_wrong_gradients(tmp_path):
     # with one: the forward is the identity, the gradient that of dropout keeping all: x 1/(1-ratio)
     model = layer_model("Dropout", mask=True)
     raw_generate(model, ["W"], tmp_path / "b")
-    paths = make_artifacts(model, ["W"], [], "mse", "sgd", tmp_path / "c")  # for its file names
-    raw = type(paths)(
-        *(
-            tmp_path / "b" / p.name
-            for p in (paths.training_model, paths.eval_model, paths.optimizer_model, paths.checkpoint)
-        ),
-        "target",
-    )
-    np.testing.assert_allclose(grads_after_forward(raw)["W"], 2 * dropout_free_grad_w(model), atol=1e-5)
-    # make_artifacts replaces inference-mode Dropout by Identity: right gradients, either form
-    np.testing.assert_allclose(grads_after_forward(paths)["W"], dropout_free_grad_w(model), atol=1e-6)
-    paths = make_artifacts(layer_model("Dropout"), ["W"], [], "mse", "sgd", tmp_path / "d")
-    np.testing.assert_allclose(grads_after_forward(paths)["W"], dropout_free_grad_w(model), atol=1e-6)
-    assert "Dropout" not in {n.op_type for n in onnx.load(paths.training_model).graph.node}
+    np.testing.assert_allclose(grads_after_forward(paths_in(tmp_path / "b"))["W"], 2 * dropout_free_grad_w(model), atol=1e-5)
+    # train makes every Dropout drop while training (training_mode a constant True, the mask
+    # declared; see tests/test_train_prepare.py), so neither case reaches generate_artifacts;
+    # its eval model computes the identity
+    h = LN_X.astype(np.float64) @ initial(model)["W"]
+    for mask in (False, True):
+        paths = train_artifacts(layer_model("Dropout", mask), tmp_path / f"ours-{mask}", data={"x": LN_X, "target": LN_T}, adamw=False)
+        (drop,) = [n for n in onnx.load(paths.training_model).graph.node if n.op_type == "Dropout"]
+        assert len(drop.input) == 3 and len(drop.output) == 2
+        _, module, _ = session(paths)
+        module.eval()
+        assert float(np.ravel(module(LN_X, LN_T))[0]) == pytest.approx(((h - LN_T) ** 2).mean(), abs=1e-6)
 
 
 def set_attributes(path: Path, out: Path, **attributes) -> Path:
@@ -457,8 +473,10 @@ def adamw_reference(mode: str, steps: int, lr: float, eps: float, wd: float) -> 
     return p
 
 
-def test_fact_d_adamw_is_the_transformers_variant(adamw_artifacts, tmp_path):
-    model = onnx.load(adamw_artifacts.optimizer_model)
+def test_fact_d_adamw_is_the_transformers_variant(tmp_path):
+    raw_generate(mlp(), ["W1", "b1", "W2"], tmp_path / "raw", frozen=["b2"], optimizer="AdamW")
+    raw = paths_in(tmp_path / "raw")
+    model = onnx.load(raw.optimizer_model)
     (node,) = [n for n in model.graph.node if n.op_type == "AdamWOptimizer"]
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     assert attrs["adam_mode"] == 1 and attrs["correct_bias"] == 1
@@ -468,10 +486,8 @@ def test_fact_d_adamw_is_the_transformers_variant(adamw_artifacts, tmp_path):
     lr, wd, steps = 0.1, 0.1, 3
     results = {}
     for mode, adam_mode in (("hf", 1), ("torch", 0)):
-        optimizer = set_attributes(
-            adamw_artifacts.optimizer_model, tmp_path / f"{mode}.onnx", adam_mode=adam_mode, weight_decay=wd
-        )
-        state, module, opt = session(adamw_artifacts, optimizer)
+        optimizer = set_attributes(raw.optimizer_model, tmp_path / f"{mode}.onnx", adam_mode=adam_mode, weight_decay=wd)
+        state, module, opt = session(raw, optimizer)
         opt.set_learning_rate(lr)
         for _ in range(steps):
             train_step(module, opt, X, TARGET)
@@ -483,11 +499,19 @@ def test_fact_d_adamw_is_the_transformers_variant(adamw_artifacts, tmp_path):
     # the two formulas differ well beyond float rounding
     torch_ref = adamw_reference("torch", steps, lr, 1e-6, wd)
     assert max(np.abs(results["hf"][k] - torch_ref[k]).max() for k in results["hf"]) > 1e-4
+    # the artifacts train makes ask for torch's AdamW, with the settings given
+    ours = train_artifacts(mlp(), tmp_path / "ours", freeze=("b2",), weight_decay=wd)
+    state, module, opt = session(ours)
+    opt.set_learning_rate(lr)
+    for _ in range(steps):
+        train_step(module, opt, X, TARGET)
+    for k in ("W1", "b1", "W2"):
+        np.testing.assert_allclose(state.parameters[k].data, torch_ref[k], rtol=0, atol=1e-6)
 
 
-def test_fact_e_checkpoint_forgets_learning_rate_and_is_written_in_place(sgd_artifacts, tmp_path):
+def test_fact_e_checkpoint_forgets_learning_rate_and_is_written_in_place(adamw_artifacts, tmp_path):
     api = ort.api()
-    state, module, opt = session(sgd_artifacts)
+    state, module, opt = session(adamw_artifacts)
     default_lr = opt.get_learning_rate()
     opt.set_learning_rate(0.05)
     train_step(module, opt, X, TARGET)
@@ -500,12 +524,12 @@ def test_fact_e_checkpoint_forgets_learning_rate_and_is_written_in_place(sgd_art
 
     reloaded = api.CheckpointState.load_checkpoint(path)
     module2 = api.Module(
-        str(sgd_artifacts.training_model),
+        str(adamw_artifacts.training_model),
         reloaded,
-        str(sgd_artifacts.eval_model),
+        str(adamw_artifacts.eval_model),
         session_options=ort.session_options(),
     )
-    opt2 = api.Optimizer(str(sgd_artifacts.optimizer_model), module2)
+    opt2 = api.Optimizer(str(adamw_artifacts.optimizer_model), module2)
     assert opt2.get_learning_rate() == default_lr == pytest.approx(1e-3)  # not 0.05
     assert reloaded.properties["learning_rate"] == pytest.approx(0.05)  # user properties do survive
 
@@ -523,7 +547,7 @@ def test_fact_f_generate_artifacts_logs_info_unless_given_quiet_options(tmp_path
     proc, _ = run_python(code.format(raw), tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "[I:onnxruntime:Default, graph_transformer.cc" in proc.stderr  # INFO despite severity 3
-    ours = "from onnxsurgeon.train.artifacts import make_artifacts; make_artifacts(mlp(), ['W1'], [], 'mse', 'adamw', tempfile.mkdtemp())"
+    ours = "from pathlib import Path; from test_train_stack import train_artifacts; train_artifacts(mlp(), Path(tempfile.mkdtemp()))"
     proc, _ = run_python(code.format(ours), tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == "" and proc.stdout == ""
@@ -560,16 +584,16 @@ def test_fact_g_artifact_ir_versions(tmp_path, monkeypatch):
     monkeypatch.setattr(onnx.checker, "check_model", lenient)
     raw_generate(model, ["W1"], tmp_path / "b")
     assert onnx.load(tmp_path / "b" / "optimizer_model.onnx").ir_version == 11
-    paths = make_artifacts(model, ["W1"], [], "mse", "sgd", tmp_path / "ours")
+    paths = train_artifacts(model, tmp_path / "ours")
     assert onnx.load(paths.optimizer_model).ir_version == 10
     session(paths)
 
 
-def test_fact_h_linear_lr_scheduler_swaps_its_step_counts(sgd_artifacts):
+def test_fact_h_linear_lr_scheduler_swaps_its_step_counts(adamw_artifacts):
     api = ort.api()
 
     def schedule(*args):
-        _, module, opt = session(sgd_artifacts)
+        _, module, opt = session(adamw_artifacts)
         scheduler = api.LinearLRScheduler(opt, *args)
         rates = []
         for _ in range(6):

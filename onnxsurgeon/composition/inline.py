@@ -98,7 +98,7 @@ def _defined_names(graph: onnx.GraphProto) -> set[str]:
 
 
 @dataclass(frozen=True)
-class _Use:
+class Use:
     """A placeholder in the node list: one use of a piece, expanded when the network is built."""
 
     piece: str

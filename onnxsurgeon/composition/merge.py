@@ -13,7 +13,7 @@ from onnx import helper
 from onnxsurgeon.composition.piece import Piece, PieceError
 
 
-def _at_opset(piece: Piece, target: int) -> onnx.ModelProto:
+def at_opset(piece: Piece, target: int) -> onnx.ModelProto:
     """The piece's model at the default-domain opset ``target`` (converted if older)."""
     if piece.opset >= target or piece.opset == 0:
         return piece.model
@@ -48,7 +48,7 @@ def _unconvertible(model: onnx.ModelProto, target: int) -> str | None:
     return f"{', '.join(sorted(missing))} {'is' if len(missing) == 1 else 'are'} not defined in opset {target}"
 
 
-def _opsets(models: Mapping[str, onnx.ModelProto], target: int) -> list[onnx.OperatorSetIdProto]:
+def merged_opsets(models: Mapping[str, onnx.ModelProto], target: int) -> list[onnx.OperatorSetIdProto]:
     versions: dict[str, tuple[int, str]] = {"": (target, "")}
     for name, m in models.items():
         for o in m.opset_import:
@@ -65,7 +65,7 @@ def _opsets(models: Mapping[str, onnx.ModelProto], target: int) -> list[onnx.Ope
     return [helper.make_opsetid(d, v) for d, (v, _) in versions.items()]
 
 
-def _functions(models: Mapping[str, onnx.ModelProto]) -> list[onnx.FunctionProto]:
+def merged_functions(models: Mapping[str, onnx.ModelProto]) -> list[onnx.FunctionProto]:
     found: dict[tuple[str, str, str], tuple[str, onnx.FunctionProto]] = {}
     for name, m in models.items():
         for f in m.functions:
@@ -80,7 +80,7 @@ def _functions(models: Mapping[str, onnx.ModelProto]) -> list[onnx.FunctionProto
     return [f for _, f in found.values()]
 
 
-def _ir_version(models: Any, target: int) -> int:
+def merged_ir_version(models: Any, target: int) -> int:
     """The newest IR version of the pieces, and at least what the opset needs."""
     need = next((ir for _, ir, opset, *_ in helper.VERSION_TABLE if opset >= target), onnx.IR_VERSION)
     return max([need] + [m.ir_version for m in models])

@@ -15,12 +15,11 @@ import onnx
 from onnx import helper
 
 from onnxsurgeon import __version__, meta, serde
-from onnxsurgeon.composition.inline import _Template, _Use
-from onnxsurgeon.composition.merge import _at_opset, _functions, _ir_version, _opsets
+from onnxsurgeon.composition.inline import Use, _Template
+from onnxsurgeon.composition.merge import at_opset, merged_functions, merged_ir_version, merged_opsets
 from onnxsurgeon.composition.piece import Piece, load_piece
-from onnxsurgeon.composition.report import ComposeReport, ParamSummary, PieceSummary, _nbytes
+from onnxsurgeon.composition.report import ComposeReport, ParamSummary, PieceSummary, nbytes
 from onnxsurgeon.errors import InputError
-from onnxsurgeon.graph import default_opset
 from onnxsurgeon.expr import (
     IDENTIFIER,
     ArgumentError,
@@ -37,6 +36,7 @@ from onnxsurgeon.expr import (
     substitute,
     tensor_functions,
 )
+from onnxsurgeon.graph import default_opset
 
 MIN_OPSET = 13  # the operators new layers emit have this form from opset 13 on
 DEFAULT_OPSET = 17  # a network without pieces
@@ -68,7 +68,7 @@ class Network:
 
     def input(self, name: str, type: str | TensorType) -> Value:
         """A new graph input, e.g. ``net.input("features", "float32[N,64]")``."""
-        _check_identifier(name, "an input")
+        check_identifier(name, "an input")
         if name in self._pieces:
             raise InputError(f"name collision: {name!r} is already a piece", "choose another name for the input")
         t = type if isinstance(type, TensorType) else TensorType.parse(type)
@@ -89,7 +89,7 @@ class Network:
         known = self._pieces.get(piece.name)
         if known is piece:
             return piece
-        _check_identifier(piece.name, "a piece")
+        check_identifier(piece.name, "a piece")
         if known is not None or piece.name in self._names:
             raise InputError(f"name collision: there is already a piece or value named {piece.name!r}", "give the piece another name")
         if piece.name in _reserved():
@@ -144,7 +144,7 @@ class Network:
         scope = self._b.scope(name, piece.name, f"use {len(uses) + 1} of piece {piece.name!r}")
         for (port, _), value in zip(piece.inputs, values):
             self._b.segments.append(helper.make_node("Identity", [value.name], [f"{scope}/{port}"], name=f"{scope}/{port}"))
-        self._b.segments.append(_Use(piece.name, scope))
+        self._b.segments.append(Use(piece.name, scope))
         uses.append(scope)
         params = {t.name for t in piece.parameters}
         fields = []
@@ -321,7 +321,7 @@ class Network:
 
     def claim_value(self, name: str) -> None:
         """Reserve the name of a value about to be defined (see :meth:`let`)."""
-        _check_identifier(name, "a value")
+        check_identifier(name, "a value")
         if name in self._pieces:
             raise InputError(f"name collision: {name!r} is already a piece", "choose another name for the value")
         self._b.claim(name, f"the value {name!r}")
@@ -361,10 +361,10 @@ class Network:
         used = [p for name, p in self._pieces.items() if self._uses[name]]
         warnings = [f"piece {name!r} is declared but never used" for name, uses in self._uses.items() if not uses]
         target = max([MIN_OPSET] + [p.opset for p in used]) if used else DEFAULT_OPSET
-        models = {p.name: _at_opset(p, target) for p in used}
+        models = {p.name: at_opset(p, target) for p in used}
         self._b.finish_names(self._preferred)
 
-        model = onnx.ModelProto(ir_version=_ir_version(models.values(), target), producer_name="onnxsurgeon", producer_version=__version__)
+        model = onnx.ModelProto(ir_version=merged_ir_version(models.values(), target), producer_name="onnxsurgeon", producer_version=__version__)
         graph = model.graph
         graph.ParseFromString(self._node_bytes(models))
         graph.name = self.name
@@ -374,8 +374,8 @@ class Network:
         shared = sorted({t.name for p in used if p.mode == "shared" for t in p.parameters})
         graph.initializer.extend(self._shared[n][1] for n in shared)
         self._add_sparse(graph, models)
-        model.opset_import.extend(_opsets(models, target))
-        model.functions.extend(_functions(models))
+        model.opset_import.extend(merged_opsets(models, target))
+        model.functions.extend(merged_functions(models))
         params = self._param_summaries(graph)
         meta.set_frozen(model, {p.name for p in params if p.state == "frozen"})
         shared_names = sorted(p.name for p in params if p.state == "shared")
@@ -438,13 +438,13 @@ class Network:
         out = []
         for t in graph.initializer:
             state, owner = origin.get(t.name) or ("new", f"layer {self._owners.get(t.name, '?')!r}")
-            out.append(ParamSummary(t.name, state, owner, str(TensorType(t.data_type, tuple(t.dims))), _nbytes(t)))
+            out.append(ParamSummary(t.name, state, owner, str(TensorType(t.data_type, tuple(t.dims))), nbytes(t)))
         return out
 
     def _piece_summary(self, piece: Piece, converted: onnx.ModelProto | None) -> PieceSummary:
         return PieceSummary(
             name=piece.name, source=piece.source, mode=piece.mode, nodes=len(piece.model.graph.node),
-            parameters=len(piece.parameters), parameter_bytes=sum(_nbytes(t) for t in piece.parameters),
+            parameters=len(piece.parameters), parameter_bytes=sum(nbytes(t) for t in piece.parameters),
             opset=piece.opset, converted_to=default_opset(converted) if converted is not None and converted is not piece.model else None,
             uses=tuple(self._uses[piece.name]),
         )
@@ -455,7 +455,7 @@ def _reserved() -> set[str]:
     return set(tensor_functions(Builder())) | {"dense", "embedding", "conv"}
 
 
-def _check_identifier(name: str, what: str) -> None:
+def check_identifier(name: str, what: str) -> None:
     if not isinstance(name, str) or not IDENTIFIER.match(name):
         raise InputError(f"{name!r} cannot name {what}: use letters, digits and '_' (not starting with a digit)")
 

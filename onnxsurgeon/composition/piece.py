@@ -14,11 +14,11 @@ import onnx
 
 from onnxsurgeon import meta, modes, serde
 from onnxsurgeon.errors import InputError
-from onnxsurgeon.graph import default_opset
 from onnxsurgeon.expr import (
     IDENTIFIER,
     TensorType,
 )
+from onnxsurgeon.graph import default_opset
 
 
 class PieceError(InputError):

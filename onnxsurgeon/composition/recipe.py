@@ -16,10 +16,10 @@ from typing import Any
 import onnx
 
 from onnxsurgeon import modes
-from onnxsurgeon.composition.network import Network, _check_identifier
+from onnxsurgeon.composition.network import Network, check_identifier
 from onnxsurgeon.composition.piece import PieceError, load_piece
 from onnxsurgeon.composition.report import ComposeReport
-from onnxsurgeon.composition.toml_positions import _Locator
+from onnxsurgeon.composition.toml_positions import Locator
 from onnxsurgeon.errors import EnvironmentProblem, InputError
 from onnxsurgeon.expr import (
     ExprError,
@@ -61,7 +61,7 @@ class _Recipe:
     data: Mapping[str, Any]
     file: str = "<recipe>"
     base_dir: Path = Path(".")
-    locator: _Locator | None = None
+    locator: Locator | None = None
 
     @classmethod
     def read(cls, recipe: str | os.PathLike[str] | Mapping[str, Any]) -> _Recipe:
@@ -86,7 +86,7 @@ class _Recipe:
         except (RecursionError, ValueError) as e:  # arrays nested thousands deep, integers of thousands of digits
             what = "is nested too deeply" if isinstance(e, RecursionError) else f"cannot be read ({e})"
             raise InputError(f"{path} {what}", "a recipe is a short TOML file; see docs/compose.md") from None
-        return cls(data, str(path), path.parent, _Locator(text, str(path)))
+        return cls(data, str(path), path.parent, Locator(text, str(path)))
 
     # --- positions ----------------------------------------------------------------------------
 
@@ -122,7 +122,7 @@ class _Recipe:
         declared: dict[str, Pos] = {}
         for key, text in self.table("inputs").items():
             with self.at(self.key_pos("inputs", key)):
-                _check_identifier(key, "an input")
+                check_identifier(key, "an input")
             if not isinstance(text, str):
                 raise ExprError(f"input {key!r} must be a type written as a string, e.g. \"float32[N,64]\"", None, self.value_pos("inputs", key))
             with self.at(self.value_pos("inputs", key)):
@@ -183,7 +183,7 @@ class _Recipe:
         if not isinstance(spec[file_key], str):
             raise ExprError(f"piece {key!r}: {file_key!r} must be a file path", None, self.value_pos("pieces", key, file_key))
         with self.at(self.key_pos("pieces", key)):
-            _check_identifier(key, "a piece")
+            check_identifier(key, "a piece")
         with self.at(self.value_pos("pieces", key, file_key)):
             path = self.base_dir / spec[file_key]
             if not path.is_file():

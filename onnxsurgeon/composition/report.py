@@ -89,7 +89,7 @@ class ComposeReport:
             "ir_version": self.ir_version,
             "warnings": list(self.warnings),
         }
-def _nbytes(t: onnx.TensorProto) -> int:
+def nbytes(t: onnx.TensorProto) -> int:
     try:
         itemsize = helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
     except (KeyError, TypeError, ValueError):

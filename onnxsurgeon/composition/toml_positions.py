@@ -25,7 +25,7 @@ def _key_parts(dotted: str) -> tuple[str, ...]:
     return tuple(p[1:-1] if p[:1] in "\"'" else p for p in parts)
 
 
-class _Locator:
+class Locator:
     """Positions of keys and values in a TOML text (tomllib does not report them)."""
 
     def __init__(self, text: str, file: str) -> None:

@@ -27,21 +27,32 @@ expression to positions in the file it was read from.
 
 from __future__ import annotations
 
+from onnxsurgeon.expr.build import (
+    Builder,
+    tensor_functions,
+)
+from onnxsurgeon.expr.evaluate import (
+    KINDS,
+    REQUIRED,
+    Function,
+    Param,
+    evaluate,
+)
 from onnxsurgeon.expr.syntax import (
+    IDENTIFIER,
+    MAX_DEPTH,
+    MAX_EXPONENT,
+    MAX_LENGTH,
+    OPERATORS,
     ArgumentError,
     BinOp,
     Call,
     Expr,
     ExprError,
-    IDENTIFIER,
-    MAX_DEPTH,
-    MAX_EXPONENT,
-    MAX_LENGTH,
     Member,
     Name,
     Neg,
     Num,
-    OPERATORS,
     Pos,
     Source,
     Str,
@@ -57,17 +68,6 @@ from onnxsurgeon.expr.types import (
     broadcast,
     fit,
     substitute,
-)
-from onnxsurgeon.expr.evaluate import (
-    Function,
-    KINDS,
-    Param,
-    REQUIRED,
-    evaluate,
-)
-from onnxsurgeon.expr.build import (
-    Builder,
-    tensor_functions,
 )
 
 __all__ = [

@@ -14,9 +14,9 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxsurgeon.errors import InputError
-from onnxsurgeon.expr.evaluate import Function, Param, _is_number
+from onnxsurgeon.expr.evaluate import Function, Param, is_number
 from onnxsurgeon.expr.syntax import ArgumentError, fold
-from onnxsurgeon.expr.types import Dim, TensorType, Value, _dim, broadcast
+from onnxsurgeon.expr.types import Dim, TensorType, Value, broadcast, show_dim
 
 
 @dataclass
@@ -150,7 +150,7 @@ class Builder:
 
     def binary(self, op: str, a: Value | float, b: Value | float) -> Value | float:
         """``a op b`` for ``+ - * / **``; numbers become Constants of the other side's type."""
-        if _is_number(a) and _is_number(b):
+        if is_number(a) and is_number(b):
             return fold(op, a, b)  # type: ignore[arg-type]
         onnx_op = {"+": "Add", "-": "Sub", "*": "Mul", "/": "Div", "**": "Pow"}[op]
         if isinstance(a, Value) and isinstance(b, Value):
@@ -221,7 +221,7 @@ def _concat_shape(types: list[TensorType], axis: int) -> tuple[Dim, ...] | None:
             continue
         known = {d for d in dims if d is not None}
         if len(known) > 1:
-            raise InputError(f"concat: dimension {k} does not line up: {', '.join(_dim(d) for d in dims)}")
+            raise InputError(f"concat: dimension {k} does not line up: {', '.join(show_dim(d) for d in dims)}")
         out.append(known.pop() if known else None)
     return tuple(out)
 
@@ -235,7 +235,7 @@ def tensor_functions(builder: Builder) -> dict[str, Function]:
         return Function(symbol, (Param("a", O), Param("b", O)), lambda a, b: builder.binary(symbol, a, b))
 
     def neg(a: Any) -> Any:
-        return -a if _is_number(a) else builder.unary("Neg", a)
+        return -a if is_number(a) else builder.unary("Neg", a)
 
     def activation(op_type: str, doc: str) -> Function:
         return Function(op_type.lower(), (V,), lambda x: builder.unary(op_type, x), doc)

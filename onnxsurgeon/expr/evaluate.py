@@ -209,13 +209,13 @@ def _check_kind(fn: Function, p: Param, v: Any, pos: Pos) -> Any:
             v = v.only()
         if isinstance(v, Value):
             return v
-        if p.kind == "operand" and _is_number(v):
+        if p.kind == "operand" and is_number(v):
             return v
         hint = "pick one output with .NAME" if isinstance(v, Record) else None
         raise ExprError(f"argument {p.name!r} of {fn.name} must be {KINDS[p.kind]}, not {_describe(v)}", hint, pos)
     ok = {
         "int": lambda x: isinstance(x, int) and not isinstance(x, bool),
-        "number": _is_number,
+        "number": is_number,
         "string": lambda x: isinstance(x, str),
         "bool": lambda x: isinstance(x, bool),
     }[p.kind](v)
@@ -224,5 +224,5 @@ def _check_kind(fn: Function, p: Param, v: Any, pos: Pos) -> Any:
     return v
 
 
-def _is_number(x: Any) -> bool:
+def is_number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)

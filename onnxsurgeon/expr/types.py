@@ -137,13 +137,13 @@ def broadcast(a: TensorType, b: TensorType) -> tuple[Dim, ...] | None:
             out.append(x if y is None else y)
         else:
             raise InputError(
-                f"the shapes {a} and {b} do not line up: dimension {axis} is {_dim(x)} and {_dim(y)}",
+                f"the shapes {a} and {b} do not line up: dimension {axis} is {show_dim(x)} and {show_dim(y)}",
                 "symbolic dimensions must carry the same name (e.g. both N), sizes must be equal or 1",
             )
     return tuple(out)
 
 
-def _dim(d: Dim) -> str:
+def show_dim(d: Dim) -> str:
     return "unknown" if d is None else repr(d) if isinstance(d, str) else str(d)
 
 
@@ -170,7 +170,7 @@ def fit(arg: TensorType, expected: TensorType, what: str) -> dict[str, Dim]:
         else:
             ok = x is None
         if not ok:
-            bad.append(f"dimension {axis} is {_dim(x)} where {_dim(y)} is expected")
+            bad.append(f"dimension {axis} is {show_dim(x)} where {show_dim(y)} is expected")
     if bad:
         raise InputError(
             f"{what} must be {expected}, got {arg}: " + "; ".join(bad),

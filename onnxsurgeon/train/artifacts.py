@@ -1,15 +1,17 @@
 """Training artifacts for onnxruntime-training 1.19, made with its generate_artifacts.
 
-generate_artifacts writes four files: ``training_model.onnx`` (forward + loss + gradients,
-parameters as graph inputs), ``eval_model.onnx`` (forward + loss), ``optimizer_model.onnx``
-and ``checkpoint`` (the trainable and frozen parameters; other initializers stay constants
-inside the graphs). What this module adds around it:
+:func:`build` takes a model whose first output is the loss (``train/prepare.py`` and
+``train/losses.py`` made it) and writes ``training_model.onnx`` (forward + gradients,
+parameters as graph inputs), ``eval_model.onnx`` (forward), ``optimizer_model.onnx`` (only for
+AdamW; SGD is ours) and ``checkpoint`` (the trainable parameters and running statistics;
+other initializers stay constants inside the graphs). What this module adds around
+generate_artifacts:
 
-- versions: onnxruntime 1.19 loads IR <= 10 and opset <= 21. The training and eval models
-  keep the input model's IR version, the optimizer model gets ``onnx.IR_VERSION`` of the
-  installed onnx (10 with onnx 1.17, 11 from onnx 1.18 on). So the input's IR is clamped to 10
-  (onnx 1.17's checker, run inside generate_artifacts, refuses IR 11 anyway), opsets above 21
-  are converted down, and every written model is clamped to IR 10.
+- versions: onnxruntime 1.19 loads IR <= 10 and opset <= 21 (``runtime.MAX_IR``,
+  ``MAX_OPSET``). The training and eval models keep the input model's IR version (prepare
+  clamps it and converts opsets above 21 down), the optimizer model gets ``onnx.IR_VERSION``
+  of the installed onnx (10 with onnx 1.17, 11 from onnx 1.18 on): every written model is
+  clamped to IR 10.
 - quiet: the pre-training graph transformers log at INFO to stderr unless the SessionOptions
   they get have a log level; generate_artifacts builds a bare ``SessionOptions()`` for them,
   so we hand it a quiet one for the duration of the call.
@@ -23,8 +25,8 @@ inside the graphs). What this module adds around it:
   changes. Dropout with training_mode=True stays and drops in the training model only.
 - no half-written files: the four are generated in a scratch folder inside ``out_dir`` and
   each moved into place (os.replace) only after all four were written.
-- errors in words: unknown or overlapping names, a bad loss/optimizer choice and models
-  generate_artifacts cannot differentiate raise :class:`onnxsurgeon.errors.InputError`.
+- errors in words: nothing to train, and models generate_artifacts cannot differentiate,
+  raise :class:`onnxsurgeon.errors.InputError`.
 """
 
 from __future__ import annotations
@@ -40,14 +42,8 @@ import onnx
 import onnx.numpy_helper
 
 from onnxsurgeon.errors import InputError
-from onnxsurgeon.graph import default_opset
-from onnxsurgeon.runtime import MAX_IR, MAX_OPSET
+from onnxsurgeon.runtime import MAX_IR
 from onnxsurgeon.train import ort
-
-LOSSES = ("mse", "ce")
-OPTIMIZERS = ("sgd", "adamw")
-# The extra graph input each loss adds for the expected values.
-LABEL_INPUT = {"mse": "target", "ce": "labels"}
 
 FILES = ("training_model.onnx", "eval_model.onnx", "optimizer_model.onnx", "checkpoint")
 
@@ -58,29 +54,6 @@ class ArtifactPaths:
     eval_model: Path
     optimizer_model: Path
     checkpoint: Path
-    label_input: str  # name of the graph input for targets ("target" for mse, "labels" for ce)
-
-
-def loadable(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of `model` within IR <= 10 and opset <= 21 (converted down if needed)."""
-    if model.ir_version <= MAX_IR and default_opset(model) <= MAX_OPSET:
-        return model
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    if default_opset(copy) > MAX_OPSET:
-        from onnx import version_converter
-
-        try:
-            copy = version_converter.convert_version(copy, MAX_OPSET)
-        except Exception as e:  # the converter raises assorted errors for ops it cannot move
-            raise InputError(
-                f"the model uses opset {default_opset(model)}; onnxruntime 1.19 trains opsets up to {MAX_OPSET}, "
-                f"and converting it failed: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}",
-                f"export the model at opset {MAX_OPSET} or lower",
-            ) from None
-    # IR 11 only adds things (e.g. new types) that opset <= 21 models do not use.
-    copy.ir_version = min(copy.ir_version, MAX_IR)
-    return copy
 
 
 def _constant_value(graph: onnx.GraphProto, name: str):
@@ -145,69 +118,6 @@ def prepare_for_gradients(model: onnx.ModelProto) -> onnx.ModelProto:
             else:
                 node.output.append(name)
     return copy
-
-
-def _check_names(model: onnx.ModelProto, trainable: list[str], frozen: list[str]) -> None:
-    initializers = {t.name for t in model.graph.initializer}
-    if not trainable:
-        raise InputError("nothing to train: the list of trainable parameters is empty")
-    for what, names in (("trainable", trainable), ("frozen", frozen)):
-        unknown = [n for n in names if n not in initializers]
-        if unknown:
-            raise InputError(f"{what} parameter(s) not in the model's initializers: {', '.join(unknown)}")
-    both = sorted(set(trainable) & set(frozen))
-    if both:
-        raise InputError(f"parameter(s) both trainable and frozen: {', '.join(both)}")
-
-
-def make_artifacts(
-    model: onnx.ModelProto,
-    trainable: list[str],
-    frozen: list[str],
-    loss: str,
-    optimizer: str,
-    out_dir: str | os.PathLike,
-    output: str | None = None,
-) -> ArtifactPaths:
-    """Write the training artifacts for `model` into `out_dir` and return their paths.
-
-    `trainable` get gradients and are updated by the optimizer; `frozen` are stored in the
-    checkpoint but never updated; every other initializer stays a constant in the graphs.
-    `loss` is "mse" (adds float input "target" shaped like the output) or "ce" (softmax
-    cross-entropy over the last axis; adds int64 input "labels"). `optimizer` is "sgd" or
-    "adamw" (onnxruntime's defaults: betas 0.9/0.999, eps 1e-6, weight decay 0, bias
-    correction on; note its AdamW is the HF-transformers variant, see the tests). `output`
-    picks the graph output the loss is computed on; needed only if there are several.
-    """
-    if loss not in LOSSES:
-        raise InputError(f"unknown loss {loss!r}", f"use one of: {', '.join(LOSSES)}")
-    if optimizer not in OPTIMIZERS:
-        raise InputError(f"unknown optimizer {optimizer!r}", f"use one of: {', '.join(OPTIMIZERS)}")
-    _check_names(model, list(trainable), list(frozen))
-    outputs = [o.name for o in model.graph.output]
-    if output is None:
-        if len(outputs) != 1:
-            raise InputError(
-                f"the model has {len(outputs)} outputs ({', '.join(outputs)}); say which one the loss is on"
-            )
-        output = outputs[0]
-    elif output not in outputs:
-        raise InputError(f"{output!r} is not an output of the model (outputs: {', '.join(outputs)})")
-    if LABEL_INPUT[loss] in {i.name for i in model.graph.input}:
-        raise InputError(f"the model already has an input named {LABEL_INPUT[loss]!r}, which the {loss} loss adds")
-
-    artifacts = ort.artifacts()
-    _generate(
-        prepare_for_gradients(loadable(model)),
-        out_dir,
-        requires_grad=list(trainable),
-        frozen_params=list(frozen),
-        loss=artifacts.LossType.MSELoss if loss == "mse" else artifacts.LossType.CrossEntropyLoss,
-        optimizer=artifacts.OptimType.SGD if optimizer == "sgd" else artifacts.OptimType.AdamW,
-        loss_input_names=[output],
-    )
-    out = Path(out_dir)
-    return ArtifactPaths(*(out / name for name in FILES), label_input=LABEL_INPUT[loss])
 
 
 def _generate(model: onnx.ModelProto, out_dir: str | os.PathLike, **options) -> list[str]:
@@ -301,4 +211,4 @@ def build(
         node.attribute.extend(kept)
         node.attribute.extend(onnx.helper.make_attribute(k, v) for k, v in settings.items())
         onnx.save(optimizer, path)
-    return ArtifactPaths(*(out / name for name in FILES), label_input="")
+    return ArtifactPaths(*(out / name for name in FILES))

@@ -44,8 +44,9 @@ from onnxsurgeon import meta, serde
 from onnxsurgeon.errors import InputError
 from onnxsurgeon.graph import default_opset, is_op, node_reads
 from onnxsurgeon.names import alias
+from onnxsurgeon.runtime import MAX_IR, MAX_OPSET
 from onnxsurgeon.train import rewrite
-from onnxsurgeon.train.artifacts import MAX_IR, MAX_OPSET, prepare_for_gradients
+from onnxsurgeon.train.artifacts import prepare_for_gradients
 from onnxsurgeon.train.losses import value_types
 
 MIN_OPSET = 13
@@ -204,7 +205,7 @@ def prepare(
         return name
 
     types = value_types(out)
-    rewritten, not_rewritten = rewrite.rewrite_graph(out, candidates(out, frozen, ()), types, opset_of(out), fresh, fixed)
+    rewritten, not_rewritten = rewrite.rewrite_graph(out, candidates(out, frozen, ()), types, default_opset(out), fresh, fixed)
     if rewritten:
         types = value_types(out)
     consumed = {n for node in graph.node for n in node_reads(node)}
