@@ -27,10 +27,21 @@ def _run(code: str, cwd: Path) -> subprocess.CompletedProcess:
 
 def test_no_public_name_is_also_a_submodule():
     # Importing `onnxsurgeon.X` sets the attribute X of the package to the module, replacing
-    # a public function X (`osg.compose` became the module once `osg.Network` was used).
-    submodules = {m.name for m in pkgutil.iter_modules([str(PACKAGE)])}
-    assert sorted(set(onnxsurgeon._EXPORTS) & submodules) == []
-    assert "composition" in submodules  # the listing is real
+    # a public function X (`osg.compose` became the module once `osg.Network` was used); the
+    # other way round, `onnxsurgeon.expr.evaluate` was the function, not the module.
+    import importlib
+
+    clashes = {}
+    packages = [p.parent for p in PACKAGE.rglob("__init__.py")]
+    for folder in packages:
+        name = ".".join(folder.relative_to(ROOT).parts)
+        package = importlib.import_module(name)
+        public = set(getattr(package, "_EXPORTS", None) or getattr(package, "__all__", ()))
+        submodules = {m.name for m in pkgutil.iter_modules([str(folder)])}
+        if public & submodules:
+            clashes[name] = sorted(public & submodules)
+    assert clashes == {}
+    assert len(packages) >= 5 and "composition" in {m.name for m in pkgutil.iter_modules([str(PACKAGE)])}
 
 
 def test_public_names_are_the_library_objects_after_every_module_is_imported(tmp_path):

@@ -31,7 +31,7 @@ from onnxsurgeon.expr.build import (
     Builder,
     tensor_functions,
 )
-from onnxsurgeon.expr.evaluate import (
+from onnxsurgeon.expr.evaluator import (
     KINDS,
     REQUIRED,
     Function,

@@ -14,7 +14,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxsurgeon.errors import InputError
-from onnxsurgeon.expr.evaluate import Function, Param, is_number
+from onnxsurgeon.expr.evaluator import Function, Param, is_number
 from onnxsurgeon.expr.syntax import ArgumentError, fold
 from onnxsurgeon.expr.types import Dim, TensorType, Value, broadcast, show_dim
 
