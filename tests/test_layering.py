@@ -259,3 +259,36 @@ def test_no_module_is_over_700_lines():
     largest = max(sizes, key=sizes.__getitem__)
     print(f"\nlargest module: {largest} ({sizes[largest]} lines)")
     assert {m: n for m, n in sizes.items() if n > LARGEST} == {}
+
+
+# --- the docs name code that exists ------------------------------------------------------------
+
+
+def _defines(path: Path, name: str) -> bool:
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name == name:
+            return True
+        if isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(isinstance(t, ast.Name) and t.id == name for t in targets):
+                return True
+    return False
+
+
+def test_code_named_in_the_docs_exists():
+    # After a file moves, a doc that still points at the old place misleads the next reader.
+    pointers = []
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        text = doc.read_text()
+        for m in re.finditer(r"`(onnxsurgeon/[\w/]+\.py)`(?:,\s+`([A-Za-z_][\w.]*)`)?", text):
+            pointers.append((doc.name, m.group(1), m.group(2)))
+    wrong = []
+    for doc, file, name in pointers:
+        path = ROOT / file
+        if not path.is_file():
+            wrong.append(f"{doc}: {file} does not exist")
+        elif name and not _defines(path, name.split(".")[0]):
+            wrong.append(f"{doc}: {file} does not define {name}")
+    assert wrong == []
+    assert len(pointers) >= 5
