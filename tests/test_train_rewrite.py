@@ -94,7 +94,7 @@ X2 = RNG.standard_normal((3, 5)).astype(np.float32)
 
 
 def raw_paths(directory: Path) -> ArtifactPaths:
-    return ArtifactPaths(*(directory / f for f in FILES), label_input="target")
+    return ArtifactPaths(*(directory / f for f in FILES))
 
 
 NORM = {"s": np.ones(4, np.float32), "b": np.zeros(4, np.float32)}
