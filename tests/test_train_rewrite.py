@@ -22,7 +22,7 @@ from onnxsurgeon.train.optim import OptimizerSettings
 from onnxsurgeon.train.prepare import NO_GRADIENT, REWRITTEN, prepare
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_train_stack import raw_generate, session  # noqa: E402
+from test_train_stack import raw_generate, run_python, session  # noqa: E402
 
 RNG = np.random.default_rng(23)
 LR = 0.1
@@ -524,3 +524,149 @@ def test_recurrence_with_differing_sequence_lens_is_refused():
     with pytest.raises(InputError, match=r"node 'rnn' \(LSTM, direction bidirectional\), after 'B', 'R', 'W'; not rewritten: "
                                          r"its sequence_lens 'lens' differ between sequences"):
         train(model, data, TrainSettings(loss="mse(y, t)"))
+
+
+# ---------------------------------------------------------------- If, Loop, Scan
+
+
+def _branch(name, nodes, out):
+    return helper.make_graph(nodes, name, [], [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)])
+
+
+def if_model(cond_input: bool = False):
+    """y = relu(h) if cond else -h*h; cond a constant, or the graph input `mode`."""
+    then = _branch("then", [helper.make_node("Relu", ["h"], ["r"])], "r")
+    other = _branch("else", [helper.make_node("Mul", ["h", "h"], ["sq"]), helper.make_node("Neg", ["sq"], ["n"])], "n")
+    nodes = [helper.make_node("If", ["cond"], ["y"], then_branch=then, else_branch=other, name="branch")]
+    model = one_op(nodes, [3, 5], ["N", 5], None if cond_input else {"cond": np.array(False)})
+    if cond_input:
+        model.graph.input.append(helper.make_tensor_value_info("cond", TensorProto.BOOL, []))
+    return model
+
+
+def test_fact_if_on_an_input_aborts_generate_artifacts(tmp_path):
+    """Why an If on the way is refused unless folded: generate_artifacts folds one with a
+    constant condition itself, but one decided by an input kills the process (a C++ assertion)."""
+    raw_generate(if_model(), ["W"], tmp_path / "constant")
+    assert "If" not in {n.op_type for n in onnx.load(tmp_path / "constant" / "training_model.onnx").graph.node}
+    onnx.save(if_model(cond_input=True), tmp_path / "m.onnx")
+    proc, _ = run_python(f"""
+        import sys, onnx
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_train_stack import raw_generate
+        from pathlib import Path
+        raw_generate(onnx.load({str(tmp_path / "m.onnx")!r}), ["W"], Path({str(tmp_path / "input")!r}))
+    """, tmp_path, fake_torch=False)
+    assert proc.returncode < 0 and "Assertion" in proc.stderr
+
+
+def test_if_with_a_constant_condition_is_folded():
+    check(if_model(), lambda h: -h * h, X2, "If")
+
+
+def test_if_decided_by_an_input_fed_whole_is_folded():
+    model = if_model(cond_input=True)
+    for mode in (True, False):
+        prepared, prep = prepare(model, set(), {"cond": np.array(mode)})
+        assert "If" not in {n.op_type for n in prepared.graph.node} and any("1 If" in c for c in prep.changes)
+        feeds = {"x": X2, "cond": np.array(mode)}
+        np.testing.assert_array_equal(runtime.session(prepared).run(None, feeds)[0], runtime.session(model).run(None, feeds)[0])
+    prepared, prep = prepare(model, set())  # not fed whole: stays, refused when it is on the way
+    assert "If" in {n.op_type for n in prepared.graph.node}
+    assert "--fixed" in dict(prep.not_rewritten)["branch"]
+
+
+def loop_model(trips, scan_output=True):
+    """v <- tanh(v * W2 + i) `trips` times, each v also stacked: y = final v + sum of stacked."""
+    body_nodes = [
+        helper.make_node("Mul", ["v_in", "W2"], ["vw"]),
+        helper.make_node("Cast", ["i"], ["fi"], to=TensorProto.FLOAT),
+        helper.make_node("Add", ["vw", "fi"], ["pre"]),
+        helper.make_node("Tanh", ["pre"], ["v_out"]),
+        helper.make_node("Identity", ["c_in"], ["c_out"]),
+    ]
+    outputs = [helper.make_tensor_value_info("c_out", TensorProto.BOOL, []), helper.make_tensor_value_info("v_out", TensorProto.FLOAT, None)]
+    if scan_output:
+        body_nodes.append(helper.make_node("Identity", ["v_out"], ["stacked"]))
+        outputs.append(helper.make_tensor_value_info("stacked", TensorProto.FLOAT, None))
+    body = helper.make_graph(body_nodes, "body", [
+        helper.make_tensor_value_info("i", TensorProto.INT64, []), helper.make_tensor_value_info("c_in", TensorProto.BOOL, []),
+        helper.make_tensor_value_info("v_in", TensorProto.FLOAT, None)], outputs)
+    loop_outs = ["v", "all"] if scan_output else ["v"]
+    nodes = [helper.make_node("Loop", ["trips", "", "h"], loop_outs, body=body, name="loop")]
+    if scan_output:
+        nodes += [helper.make_node("ReduceSum", ["all", "zero"], ["s"], keepdims=0), helper.make_node("Add", ["v", "s"], ["y"])]
+    else:
+        nodes.append(helper.make_node("Identity", ["v"], ["y"]))
+    inits = {"zero": np.array([0], np.int64), "W2": RNG.standard_normal(5).astype(np.float32)}
+    if trips is not None:
+        inits["trips"] = np.array(trips, np.int64)
+    model = one_op(nodes, [3, 5], ["N", 5], inits)
+    if trips is None:
+        model.graph.input.append(helper.make_tensor_value_info("trips", TensorProto.INT64, []))
+    return model, inits["W2"].astype(np.float64)
+
+
+def _loop_ref(h, w2, trips):
+    v, stacked = h, []
+    for i in range(trips):
+        v = np.tanh(v * w2 + i)
+        stacked.append(v)
+    return v + np.sum(stacked, axis=0)
+
+
+def test_loop_with_a_constant_trip_count_is_unrolled():
+    model, w2 = loop_model(3)
+    check(model, lambda h: _loop_ref(h, w2, 3), X2, "Loop")
+
+
+def test_loop_counted_by_an_input_fed_whole_is_unrolled():
+    model, w2 = loop_model(None, scan_output=False)
+    prepared, prep = prepare(model, set(), {"trips": np.array(4)})
+    assert "Loop" not in {n.op_type for n in prepared.graph.node}
+    feeds = {"x": X2, "trips": np.array(4)}
+    np.testing.assert_allclose(runtime.session(prepared).run(None, feeds)[0], runtime.session(model).run(None, feeds)[0], rtol=1e-6)
+
+
+def test_unrolling_beyond_the_limit_is_refused_with_the_size():
+    model, _ = loop_model(100_000)
+    with pytest.raises(InputError, match=r"node 'loop' \(Loop\), after 'W', 'W2'; not rewritten: unrolling it \(100000 iterations "
+                                         r"of 6 nodes\) would bring the nodes added by unrolling to 1000000, more than the limit of 20000"):
+        train(model, {"x": X2, "t": X2}, TrainSettings(loss="mse(y, t)"))
+
+
+def test_scan_of_known_length_is_unrolled():
+    """A scan reading axis 1 of h [N, 5] backwards: s <- s / 2 + h[:, t], tanh(s) stacked on axis 1."""
+    body = helper.make_graph(
+        [helper.make_node("Mul", ["s_in", "half"], ["sh"]), helper.make_node("Add", ["sh", "e"], ["s_out"]),
+         helper.make_node("Tanh", ["s_out"], ["o"])], "body",
+        [helper.make_tensor_value_info("s_in", TensorProto.FLOAT, ["N"]), helper.make_tensor_value_info("e", TensorProto.FLOAT, ["N"])],
+        [helper.make_tensor_value_info("s_out", TensorProto.FLOAT, ["N"]), helper.make_tensor_value_info("o", TensorProto.FLOAT, ["N"])],
+    )
+    nodes = [helper.make_node("ReduceSum", ["h", "one"], ["s0"], keepdims=0),
+             helper.make_node("Scan", ["s0", "h"], ["s", "outs"], body=body, num_scan_inputs=1, scan_input_axes=[1],
+                              scan_input_directions=[1], scan_output_axes=[1], name="scan"),
+             helper.make_node("Unsqueeze", ["s", "one"], ["s1"]), helper.make_node("Add", ["outs", "s1"], ["y"])]
+    model = one_op(nodes, [3, 5], ["N", 5], {"one": np.array([1], np.int64), "half": np.array(0.5, np.float32)})
+
+    def ref(h):  # the input read backwards, the outputs stacked in the order of the iterations
+        s, outs = h.sum(1), []
+        for t in range(4, -1, -1):
+            s = s * 0.5 + h[:, t]
+            outs.append(np.tanh(s))
+        return np.stack(outs, 1) + s[:, None]
+
+    check(model, ref, X2, "Scan")
+
+
+def test_corpus_loop_counted_by_a_fixed_input_unrolls_to_its_data_dependent_ifs():
+    """torch.jit's loop (tests/corpus/torch): with n fed whole the Loop unrolls; the Ifs
+    inside decide on computed values, so training stops naming them and why."""
+    model = onnx.load(Path(__file__).parent / "corpus" / "torch" / "control_flow_ts.onnx")
+    prepared, prep = prepare(model, set(), {"n": np.array(2)})
+    ops = [n.op_type for n in prepared.graph.node]
+    assert "Loop" not in ops and ops.count("If") == 2
+    x = RNG.standard_normal((4, 4)).astype(np.float32)
+    feeds = {"x": x, "n": np.array(2)}
+    np.testing.assert_allclose(runtime.session(prepared).run(None, feeds)[0], runtime.session(model).run(None, feeds)[0], rtol=1e-6)
+    assert all("computed from values not known before training" in why for _, why in prep.not_rewritten)
