@@ -25,24 +25,48 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = app(args=argv, standalone_mode=False, prog_name="onnxsurgeon")
     except SurgeonError as e:
-        _error(e.message, e.hint)
-        return e.exit_code
+        if _speaks(e):
+            _error(_where(e) + e.message, e.hint)
+        return _ended(e, e.exit_code)
     except typer.Exit as e:
         return e.exit_code
     except UsageError as e:
         e.show(file=sys.stderr)
         return 2
-    except (typer.Abort, KeyboardInterrupt):
-        print("onnxsurgeon: interrupted", file=sys.stderr)
-        return INTERRUPTED
+    except (typer.Abort, KeyboardInterrupt) as e:
+        if _speaks(e):
+            print("onnxsurgeon: interrupted", file=sys.stderr)
+        return _ended(e, INTERRUPTED)
     except typer.TyperException as e:
         _error(e.format_message(), None)
         return 2
-    except Exception:
+    except Exception as e:
         print("onnxsurgeon: internal error, this is a bug; please report it with the text below", file=sys.stderr)
         traceback.print_exc()
-        return BUG
+        return _ended(e, BUG)
     return result if isinstance(result, int) else 0
+
+
+def _world():
+    """The MPI world of a train run under a launcher, if one was started (never imports it)."""
+    module = sys.modules.get("onnxsurgeon.train.distributed")
+    return module.current() if module is not None else None
+
+
+def _where(error: BaseException) -> str:
+    world = _world()
+    return "" if world is None else world.tag(error)
+
+
+def _speaks(error: BaseException) -> bool:
+    world = _world()
+    return world is None or world.speaks(error)
+
+
+def _ended(error: BaseException, code: int) -> int:
+    """Under MPI an error of this rank alone aborts every rank (they would wait for it forever)."""
+    world = _world()
+    return code if world is None else world.end(error, code)
 
 
 def _error(message: str, hint: str | None) -> None:

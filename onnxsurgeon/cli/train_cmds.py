@@ -140,11 +140,12 @@ def train(
     import onnxsurgeon as osg
     from onnxsurgeon import serde
     from onnxsurgeon.arrays import load_data
-    from onnxsurgeon.train import data as data_mod
+    from onnxsurgeon.train import data as data_mod, distributed
     from onnxsurgeon.train.loop import TrainSettings, compile_training
     from onnxsurgeon.train.loop import train as run_training
     from onnxsurgeon.train.optim import OptimizerSettings, Schedule
 
+    world = distributed.from_environment()  # several ranks under mpiexec/srun; rank 0 alone writes and prints
     if out_path is None and not dry_run:
         raise InputError("no output file given", "add -o TRAINED.onnx, or --dry-run to only check")
     if not force and _same_file(model, out_path):
@@ -190,7 +191,7 @@ def train(
     try:
         trained, report = run_training(
             source, arrays, settings, val=val_arrays, data_label=str(data), val_label=str(val),
-            progress=_fan(writer, bar, warn), stop=lambda: bool(interrupted),
+            progress=_fan(writer, bar, warn), stop=lambda: bool(interrupted), world=world,
         )
     finally:
         signal.signal(signal.SIGINT, previous)
@@ -198,9 +199,12 @@ def train(
             bar.close()
         writer.close()
     if report.interrupted:
-        where = f"; checkpoint {report.checkpoints[-1]}" if report.checkpoints else ""
-        output.err.print(f"interrupted at step {report.steps}{where}; nothing written to {out_path}", markup=False)
-        raise KeyboardInterrupt
+        if world.root:
+            where = f"; checkpoint {report.checkpoints[-1]}" if report.checkpoints else ""
+            output.err.print(f"interrupted at step {report.steps}{where}; nothing written to {out_path}", markup=False)
+        raise distributed.collective_interrupt()
+    if not world.root:
+        return
     written = serde.save(trained, out_path, external_data=external_data or None)  # type: ignore[arg-type]
     plotted = _plot(report, plot) if plot is not None else None
     if plot is not None and plotted is None and not quiet:

@@ -33,7 +33,7 @@ import onnx
 from onnxsurgeon import __version__, faults
 from onnxsurgeon.errors import InputError
 from onnxsurgeon.expr import TensorType
-from onnxsurgeon.train import artifacts, checkpoint, data as data_mod, losses, ort, prepare, weights
+from onnxsurgeon.train import artifacts, checkpoint, data as data_mod, distributed, losses, ort, prepare, weights
 from onnxsurgeon.train.optim import SGD, Buffers, OptimizerSettings, Schedule, clip_, l2_
 
 Progress = Callable[[dict[str, Any]], None]
@@ -122,6 +122,7 @@ class TrainReport:
     checkpoints: tuple[str, ...]
     graph_sha256: str
     warnings: tuple[str, ...]
+    world: dict[str, Any] = field(default_factory=lambda: {"ranks": 1})  # ranks; allreduce time and bytes
 
     @property
     def final(self) -> EpochResult | None:
@@ -137,6 +138,7 @@ class TrainReport:
             "data": self.data.to_dict(), "val": self.val.to_dict() if self.val else None,
             "history": [e.to_dict() for e in self.history], "resumed_from": self.resumed_from,
             "checkpoints": list(self.checkpoints), "graph_sha256": self.graph_sha256, "warnings": list(self.warnings),
+            "world": dict(self.world),
         }
 
 
@@ -198,19 +200,31 @@ def train(
     val_label: str = "the validation data",
     progress: Progress | None = None,
     stop: Callable[[], bool] | None = None,
+    world: distributed.World = distributed.SINGLE,
 ) -> tuple[onnx.ModelProto, TrainReport]:
     """Train `model` on `data` (arrays named after graph inputs and loss names) and return the
     model with its trained parameters, and a report. `stop` is asked before every step; when
-    it says yes the run checkpoints and ends (``report.interrupted``)."""
-    compiled = compile_training(model, data, settings.loss, settings.metrics, settings.freeze)
-    train_set = data_mod.check(data, compiled.wanted, data_label, settings.batch_size)
-    val_set = data_mod.check(val, compiled.wanted, val_label) if val is not None else None
+    it says yes the run checkpoints and ends (``report.interrupted``).
+
+    With an MPI `world` (:func:`onnxsurgeon.train.distributed.from_environment`) every rank
+    calls this alike and trains on its share of each batch; rank 0 alone reports progress
+    and writes checkpoints, and every rank returns the same model."""
+
+    def set_up():
+        compiled = compile_training(model, data, settings.loss, settings.metrics, settings.freeze)
+        train_set = data_mod.check(data, compiled.wanted, data_label, settings.batch_size)
+        val_set = data_mod.check(val, compiled.wanted, val_label) if val is not None else None
+        return compiled, train_set, val_set
+
+    compiled, train_set, val_set = world.together(set_up)
+    world.agree(distributed.fingerprint(settings, compiled.sha256, train_set.arrays, train_set.examples))
     with tempfile.TemporaryDirectory(prefix="onnxsurgeon-train-") as work:
-        paths = artifacts.build(
+        paths = world.together(lambda: artifacts.build(
             compiled.model, list(compiled.plan.trainable), list(compiled.plan.running_stats), work,
             settings.optimizer.ort_adamw(),
-        )
-        run = _Run(paths, compiled, settings, train_set, val_set, progress or (lambda e: None), stop, Path(work))
+        ))
+        quiet = progress is None or not world.root  # rank 0 alone reports
+        run = _Run(paths, compiled, settings, train_set, val_set, (lambda e: None) if quiet else progress, stop, Path(work), world)
         run.start()
         run.loop()
         values = run.values()
@@ -225,8 +239,9 @@ def train(
 class _Run:
     """The sessions and counters of one run."""
 
-    def __init__(self, paths, compiled: Compiled, settings: TrainSettings, train_set, val_set, progress: Progress, stop, work: Path) -> None:
-        self.paths, self.compiled, self.settings = paths, compiled, settings
+    def __init__(self, paths, compiled: Compiled, settings: TrainSettings, train_set, val_set, progress: Progress, stop, work: Path,
+                 world: distributed.World = distributed.SINGLE) -> None:
+        self.paths, self.compiled, self.settings, self.world = paths, compiled, settings, world
         self.train_set, self.val_set = train_set, val_set
         self.progress, self.stop, self.work = progress, stop, work
         self.api = ort.api()
@@ -261,6 +276,7 @@ class _Run:
             self.optimizer = self.api.Optimizer(str(self.paths.optimizer_model), self.module)
         trainable = list(self.compiled.plan.trainable)
         self.buffers = Buffers(self.state, trainable)
+        self.stats = Buffers(self.state, list(self.compiled.plan.running_stats), grads=False).params
         self.sgd = SGD(self.settings.optimizer, self.buffers) if self.optimizer is None else None
         self.train_inputs = self.module.input_names()
         self.module.eval()
@@ -276,20 +292,11 @@ class _Run:
             raise RuntimeError(f"training model reads {missing}, which the data check did not provide")
 
     def start(self) -> None:
-        folder = self.settings.checkpoint_dir
-        if folder is not None:
-            Path(folder).mkdir(parents=True, exist_ok=True)
-        found = None
-        if self.settings.resume:
-            found, warnings = checkpoint.newest_intact(folder)  # type: ignore[arg-type]
-            for w in warnings:
-                self._warn(w)
-            if found is None:
-                self._warn(f"no checkpoint in {folder} to resume from; starting from the beginning")
+        found = self.world.from_root(self._find)  # rank 0 reads; every rank gets what it read
         if found is None:
             self._open(self.paths.checkpoint)
         else:
-            self._check_fits(found)
+            self.world.together(lambda: self._check_fits(found))
             blob = self.work / "resume_state"
             blob.write_bytes(found.ort_state)
             self._open(blob)
@@ -300,11 +307,26 @@ class _Run:
             self.sums = m["epoch_sums"]
             self.history = [EpochResult(**e) for e in m.get("history", [])]
             self.resumed_from = str(found.path)
+        self.world.broadcast_([*self.buffers.params.values(), *self.stats.values()])  # all start from rank 0's
         self.progress({
             "event": "start", "step": self.step, "epoch": self.epoch, "total_steps": self.total,
             "steps_per_epoch": self.spe, "epochs": self.settings.epochs, "resumed_from": self.resumed_from,
             "trainable": list(self.compiled.plan.trainable),
         })
+
+    def _find(self) -> checkpoint.Checkpoint | None:
+        """The checkpoint to resume from, if any (read by rank 0 alone)."""
+        folder = self.settings.checkpoint_dir
+        if folder is not None:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+        found = None
+        if self.settings.resume:
+            found, warnings = checkpoint.newest_intact(folder)  # type: ignore[arg-type]
+            for w in warnings:
+                self._warn(w)
+            if found is None:
+                self._warn(f"no checkpoint in {folder} to resume from; starting from the beginning")
+        return found
 
     def _expected(self) -> dict[str, Any]:
         s = self.settings
@@ -374,23 +396,28 @@ class _Run:
                 if budget is not None and self.steps_run >= budget:
                     self._stopped()
                     return
-                if self.stop is not None and self.stop():
+                if self.world.any(self.stop is not None and self.stop()):
                     self.interrupted = True
                     self._stopped()
                     return
                 t0 = time.perf_counter()
-                batch = self.train_set.batch(idx)
-                feeds = [batch[n] for n in self.train_inputs]
+                mine = self.world.share_of(idx)  # this rank's rows of the global batch (all of it in one process)
                 lr = opt.lr * s.schedule.factor(self.step, self.total)
-                onnxruntime.set_seed(step_seed(s.seed, self.step))
-                outs = self.module(*feeds)
-                outs = outs if isinstance(outs, tuple) else (outs,)
-                loss = float(outs[0])
+                values = [math.nan] * (1 + len(self.metric_index))
+                if len(mine):
+                    batch = self.train_set.batch(mine)
+                    onnxruntime.set_seed(self.world.seed(step_seed(s.seed, self.step)))
+                    outs = self.module(*[batch[n] for n in self.train_inputs])
+                    outs = outs if isinstance(outs, tuple) else (outs,)
+                    values = [float(outs[0]), *(float(outs[i]) for i in self.metric_index)]
+                loss, *values = self.world.reduce_step(
+                    list(self.buffers.grads.values()), list(self.stats.values()), values, len(mine), len(idx),
+                )
                 if not math.isfinite(loss):
-                    raise InputError(
+                    raise distributed.collective(InputError(
                         f"the loss is {loss} at step {self.step + 1} (epoch {self.epoch + 1}): training diverged",
                         "lower --lr, add --clip-norm, or check the data for inf/nan",
-                    )
+                    ))
                 if opt.clip_norm is not None:
                     clip_(self.buffers.grads, opt.clip_norm)
                 if self.optimizer is not None:
@@ -410,7 +437,6 @@ class _Run:
                 self.sums["examples"] += n
                 self.sums["steps"] += 1
                 self.sums["loss"] += loss * n
-                values = [float(outs[i]) for i in self.metric_index]
                 for k, v in enumerate(values):
                     self.sums["metrics"][k] += v * n
                 dt = time.perf_counter() - t0
@@ -454,6 +480,9 @@ class _Run:
         total, loss_sum, metric_sums = 0, 0.0, [0.0] * len(obj.metrics)
         try:
             for _, idx in data_mod.batches(self.val_set.examples, self.settings.batch_size, 0, 0, shuffle=False):
+                idx = self.world.share_of(idx)
+                if not len(idx):
+                    continue
                 batch = self.val_set.batch(idx)
                 outs = self.module(*[batch[n] for n in self.eval_inputs])
                 outs = outs if isinstance(outs, tuple) else (outs,)
@@ -464,6 +493,7 @@ class _Run:
                     metric_sums[k] += float(outs[i]) * n
         finally:
             self.module.train()
+        total, loss_sum, *metric_sums = self.world.sum([total, loss_sum, *metric_sums])
         result = {"loss": loss_sum / max(total, 1)}
         result.update({t: v / max(total, 1) for (t, _), v in zip(obj.metrics, metric_sums)})
         return result
@@ -471,6 +501,9 @@ class _Run:
     # --- checkpoints and results --------------------------------------------------------------
 
     def _checkpoint(self) -> None:
+        if not self.world.root:  # every rank holds the same state; rank 0 writes it
+            self.last_saved = self.step
+            return
         folder = Path(self.settings.checkpoint_dir)  # type: ignore[arg-type]
         tmp = folder / f".ort-state-{self.step}.tmp"
         try:
@@ -515,5 +548,5 @@ class _Run:
             plan=self.compiled.plan, objective=self.compiled.objective, optimizer=self.settings.optimizer,
             schedule=self.settings.schedule, data=self.train_set, val=self.val_set, history=tuple(self.history),
             resumed_from=self.resumed_from, checkpoints=tuple(self.written), graph_sha256=self.compiled.sha256,
-            warnings=tuple(self.warnings),
+            warnings=tuple(self.warnings), world=self.world.to_dict(),
         )

@@ -142,14 +142,15 @@ class Buffers:
     The views must not outlive `state`, which this object keeps alive.
     """
 
-    def __init__(self, state: Any, names: list[str]) -> None:
+    def __init__(self, state: Any, names: list[str], grads: bool = True) -> None:
         self.state = state
         self.params: dict[str, np.ndarray] = {}
         self.grads: dict[str, np.ndarray] = {}
         for name in names:
             raw = state.parameters[name]._parameter  # the C object: its OrtValues share the buffers
             self.params[name] = _view(raw.data)
-            self.grads[name] = _view(raw.grad)
+            if grads:  # parameters onnxruntime updates without training (running statistics) have none
+                self.grads[name] = _view(raw.grad)
 
 
 def _view(ortvalue: Any) -> np.ndarray:
