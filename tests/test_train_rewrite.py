@@ -576,6 +576,17 @@ def test_if_decided_by_an_input_fed_whole_is_folded():
     assert "--fixed" in dict(prep.not_rewritten)["branch"]
 
 
+def test_if_on_a_size_known_before_training_is_folded():
+    """torch's squeeze(dim) exports as an If on Shape(x)[dim] == 1: known where the size is."""
+    then = _branch("then", [helper.make_node("Relu", ["h"], ["r"])], "r")
+    other = _branch("else", [helper.make_node("Neg", ["h"], ["n"])], "n")
+    nodes = [helper.make_node("Shape", ["h"], ["s"]), helper.make_node("Gather", ["s", "one"], ["d"]),
+             helper.make_node("Equal", ["d", "five"], ["cond"]),
+             helper.make_node("If", ["cond"], ["y"], then_branch=then, else_branch=other, name="branch")]
+    model = one_op(nodes, [3, 5], ["N", 5], {"one": np.array(1, np.int64), "five": np.array(5, np.int64)})
+    check(model, lambda h: np.maximum(h, 0), X2, "If")
+
+
 def loop_model(trips, scan_output=True):
     """v <- tanh(v * W2 + i) `trips` times, each v also stacked: y = final v + sum of stacked."""
     body_nodes = [

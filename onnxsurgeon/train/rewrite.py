@@ -26,100 +26,17 @@ generate_artifacts and a training step (tests/test_train_rewrite.py pins each):
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
 from onnxsurgeon.expr import TensorType
-from onnxsurgeon.graph import captured, node_reads, rename_values
-
-# Unrolling a Loop or Scan stops (and the node is refused) beyond this many nodes in all.
-MAX_UNROLLED_NODES = 20_000
-
-FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
-
-
-class Unsupported(Exception):
-    """A node of a rewritten op that cannot be rewritten here; the message says why."""
-
-
-@dataclass
-class Context:
-    """What a rewrite may read: value types, values known before training, the opset."""
-
-    types: dict[str, TensorType]
-    known: dict[str, np.ndarray]  # constants and inputs fed whole (--fixed): known before training
-    opset: int
-    fresh: Callable[[str], str]
-    model: onnx.ModelProto  # for evaluating values from known ones
-    trains: set[str] = field(default_factory=set)  # parameters that may train: not known for deciding a branch
-    unrolled: list[int] = field(default_factory=lambda: [0])  # nodes added by unrolling so far
-    evaluated: dict[str, np.ndarray] = field(default_factory=dict)
-    producers: dict[str, onnx.NodeProto] = field(default_factory=dict)
-
-    def static(self, name: str) -> tuple[int, ...] | None:
-        t = self.types.get(name)
-        if t is None or t.shape is None or not all(isinstance(d, int) for d in t.shape):
-            return None
-        return tuple(t.shape)  # type: ignore[arg-type]
-
-    def rank(self, name: str) -> int | None:
-        t = self.types.get(name)
-        return None if t is None else t.rank
-
-    def elem(self, name: str) -> int | None:
-        t = self.types.get(name)
-        return None if t is None else t.elem
-
-
-class Builder:
-    """Nodes written for one rewritten node, named after it."""
-
-    def __init__(self, node: onnx.NodeProto, cx: Context) -> None:
-        self.node, self.cx = node, cx
-        self.label = node.name or node.output[0]
-        self.nodes: list[onnx.NodeProto] = []
-        t = cx.types.get(node.input[0]) if node.input and node.input[0] else None
-        self.dtype = helper.tensor_dtype_to_np_dtype(t.elem if t is not None and t.elem in FLOATS else onnx.TensorProto.FLOAT)
-
-    def op(self, kind: str, *inputs: str, out: str | None = None, n: int = 1, **attrs) -> str:
-        outs = [out] if out is not None else [self.cx.fresh(f"{self.label}/{kind.lower()}") for _ in range(n)]
-        self.nodes.append(helper.make_node(kind, list(inputs), outs, name=self.cx.fresh(f"{self.label}/{kind}"), **attrs))
-        return outs[0]
-
-    def ops(self, kind: str, *inputs: str, outs: list[str], **attrs) -> list[str]:
-        self.nodes.append(helper.make_node(kind, list(inputs), outs, name=self.cx.fresh(f"{self.label}/{kind}"), **attrs))
-        return outs
-
-    def const(self, value, dtype=None) -> str:
-        array = np.array(value, dtype if dtype is not None else self.dtype)
-        name = self.cx.fresh(f"{self.label}/c")
-        self.nodes.append(helper.make_node("Constant", [], [name], name=name, value=numpy_helper.from_array(array)))
-        self.cx.evaluated[name] = array
-        return name
-
-    def ints(self, values) -> str:
-        return self.const(list(values), np.int64)
-
-    def reduce(self, kind: str, x: str, axes: list[int], keepdims: int = 1, out: str | None = None) -> str:
-        """ReduceSum/Mean/L2 over `axes`, in the form of the opset (axes as an input from 18, 13 for ReduceSum)."""
-        if kind == "ReduceSum" or self.cx.opset >= 18:
-            return self.op(kind, x, self.ints(axes), out=out, keepdims=keepdims)
-        return self.op(kind, x, out=out, axes=list(axes), keepdims=keepdims)
-
-
-def attrs_of(node: onnx.NodeProto) -> dict:
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
-
-
-def _text(v) -> str:
-    return v.decode() if isinstance(v, bytes) else v
-
-
-def known_value(name: str, cx: Context) -> np.ndarray | None:
-    return cx.known.get(name) if name else None
+from onnxsurgeon.graph import node_reads
+from onnxsurgeon.train.control import CONTROL
+from onnxsurgeon.train.rewrite_core import (
+    FLOATS, Builder, Context, Unsupported, attrs_of, known_value, known_values, text,
+)
 
 
 # ---------------------------------------------------------------- CastLike
@@ -225,10 +142,10 @@ def resize(node: onnx.NodeProto, cx: Context) -> list[onnx.NodeProto]:
     (MatMul). onnxruntime builds ResizeGrad, which has no CPU kernel."""
     a = attrs_of(node)
     x = node.input[0]
-    mode = _text(a.get("mode", "nearest"))
-    if _text(a.get("coordinate_transformation_mode", "half_pixel")) == "tf_crop_and_resize":
+    mode = text(a.get("mode", "nearest"))
+    if text(a.get("coordinate_transformation_mode", "half_pixel")) == "tf_crop_and_resize":
         raise Unsupported("coordinate_transformation_mode tf_crop_and_resize is not rewritten")
-    if _text(a.get("keep_aspect_ratio_policy", "stretch")) != "stretch":
+    if text(a.get("keep_aspect_ratio_policy", "stretch")) != "stretch":
         raise Unsupported("keep_aspect_ratio_policy other than stretch is not rewritten")
     shape = cx.types.get(x).shape if cx.types.get(x) is not None else None
     if shape is None:
@@ -395,7 +312,7 @@ def recurrence(node: onnx.NodeProto, cx: Context) -> list[onnx.NodeProto] | None
     gradient of Slice with a negative step fails in onnxruntime) and its outputs reversed back;
     per-direction weights and initial states taken with Gather, outputs concatenated."""
     a = attrs_of(node)
-    direction = _text(a.get("direction", "forward"))
+    direction = text(a.get("direction", "forward"))
     if direction == "forward":
         return None
     lstm = node.op_type == "LSTM"
@@ -422,7 +339,7 @@ def recurrence(node: onnx.NodeProto, cx: Context) -> list[onnx.NodeProto] | None
         reverse_index = b.op("Range", b.op("Sub", t, b.const(1, np.int64)), b.const(-1, np.int64), b.const(-1, np.int64))
     nd = 2 if direction == "bidirectional" else 1
     per_act = 3 if lstm else 2
-    acts = [_text(v) for v in a.get("activations", [])]
+    acts = [text(v) for v in a.get("activations", [])]
     outs: list[tuple[str, str, str | None]] = []
     for d in range(nd):
         rev = direction == "reverse" or d == 1
@@ -453,244 +370,6 @@ def recurrence(node: onnx.NodeProto, cx: Context) -> list[onnx.NodeProto] | None
             b.op("Concat", *parts, out=wanted[k], axis=axis)
     return b.nodes
 
-
-# ---------------------------------------------------------------- If, Loop, Scan
-
-
-def evaluate(name: str, cx: Context, local: Mapping[str, onnx.NodeProto] | None = None) -> np.ndarray | None:
-    """The value of `name` if it follows from values known before training alone (constants,
-    initializers that do not train, inputs fed whole), computed by onnxruntime; else None."""
-    if name in cx.evaluated:
-        return cx.evaluated[name]
-    if name in cx.known and name not in cx.trains:
-        return cx.known[name]
-    producers = {**cx.producers, **(local or {})}
-    needed: list[onnx.NodeProto] = []
-    seen: set[int] = set()
-    leaves: dict[str, np.ndarray] = {}
-    stack = [name]
-    while stack:
-        v = stack.pop()
-        if v in leaves or not v:
-            continue
-        if v in cx.evaluated or (v in cx.known and v not in cx.trains):
-            leaves[v] = cx.evaluated.get(v, cx.known.get(v))
-            continue
-        node = producers.get(v)
-        if node is None or node.op_type.startswith("Random") or len(needed) > 1000:
-            return None
-        if id(node) not in seen:
-            seen.add(id(node))
-            needed.append(node)
-            stack.extend(node_reads(node))
-    from onnxsurgeon import runtime
-
-    order = [n for n in _topological(needed)]
-    graph = helper.make_graph(
-        order, "known", [], [helper.make_tensor_value_info(name, cx.elem(name) or onnx.TensorProto.UNDEFINED, None)],
-        [numpy_helper.from_array(np.asarray(v), k) for k, v in leaves.items()],
-    )
-    probe = helper.make_model(graph, opset_imports=list(cx.model.opset_import))
-    probe.ir_version = min(cx.model.ir_version, 10)
-    try:
-        value = runtime.session(probe, what=f"the value of {name!r}").run(None, {})[0]
-    except Exception:  # not computable on its own: treated as not known
-        return None
-    cx.evaluated[name] = np.asarray(value)
-    return cx.evaluated[name]
-
-
-def _topological(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
-    made = {o for n in nodes for o in n.output}
-    order, placed, pending = [], set(), list(nodes)
-    while pending:
-        rest = []
-        for n in pending:
-            if all(r not in made or r in placed for r in node_reads(n)):
-                order.append(n)
-                placed.update(n.output)
-            else:
-                rest.append(n)
-        if len(rest) == len(pending):
-            return order + rest
-        pending = rest
-    return order
-
-
-def _inline(b: Builder, graph: onnx.GraphProto, bound: Mapping[str, str], tag: str) -> tuple[list[str], dict[str, onnx.NodeProto]]:
-    """The nodes of a subgraph added to `b` with fresh names (its inputs bound to outer
-    values, its initializers as Constants); returns the outer names of its outputs and the
-    added nodes by output."""
-    mapping = dict(bound)
-    for t in graph.initializer:
-        name = b.cx.fresh(f"{b.label}/{tag}{t.name}")
-        mapping[t.name] = name
-        b.nodes.append(helper.make_node("Constant", [], [name], name=name, value=t))
-    for node in graph.node:
-        for o in node.output:
-            if o:
-                mapping[o] = b.cx.fresh(f"{b.label}/{tag}{o}")
-    local: dict[str, onnx.NodeProto] = {}
-    for node in graph.node:
-        copy = onnx.NodeProto()
-        copy.CopyFrom(node)
-        copy.name = b.cx.fresh(f"{b.label}/{tag}{node.name or node.op_type}")
-        for i, v in enumerate(copy.input):
-            copy.input[i] = mapping.get(v, v)
-        for i, v in enumerate(copy.output):
-            copy.output[i] = mapping.get(v, v)
-        for attr in copy.attribute:  # values of this scope read inside nested subgraphs
-            for g in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                rename_values(g, {k: v for k, v in mapping.items() if k in set(captured(g))})
-        b.nodes.append(copy)
-        for o in copy.output:
-            local[o] = copy
-    for vi in (*graph.value_info, *graph.output):  # the types the body records
-        t = TensorType.from_proto(vi.type)
-        if t is not None and vi.name in mapping:
-            b.cx.types.setdefault(mapping[vi.name], t)
-    return [mapping.get(o.name, o.name) for o in graph.output], local
-
-
-def _graph_attr(node: onnx.NodeProto, name: str) -> onnx.GraphProto:
-    return next(a.g for a in node.attribute if a.name == name)
-
-
-def fold_if(node: onnx.NodeProto, cx: Context) -> list[onnx.NodeProto]:
-    """If whose condition is known before training -> the nodes of the branch it takes."""
-    cond = evaluate(node.input[0], cx)
-    if cond is None:
-        raise Unsupported(
-            f"its condition {node.input[0]!r} is computed from values not known before training "
-            "(data or trained parameters); an input that decides it can be fed whole with --fixed"
-        )
-    branch = _graph_attr(node, "then_branch" if bool(np.asarray(cond).reshape(-1)[0]) else "else_branch")
-    b = Builder(node, cx)
-    outs, _ = _inline(b, branch, {}, "")
-    for want, have in zip(node.output, outs):
-        if want:
-            b.op("Identity", have, out=want)
-    return b.nodes
-
-
-def _size(graph: onnx.GraphProto) -> int:
-    return sum(1 + sum(_size(g) for a in n.attribute for g in ([a.g] if a.HasField("g") else []) + list(a.graphs)) for n in graph.node)
-
-
-def _budget(node: onnx.NodeProto, cx: Context, trips: int, body: onnx.GraphProto) -> None:
-    adds = trips * (_size(body) + 4)
-    if cx.unrolled[0] + adds > MAX_UNROLLED_NODES:
-        raise Unsupported(
-            f"unrolling it ({trips} iterations of {_size(body)} nodes) would bring the nodes added by unrolling to "
-            f"{cx.unrolled[0] + adds}, more than the limit of {MAX_UNROLLED_NODES}"
-        )
-    cx.unrolled[0] += adds
-
-
-def _stack(b: Builder, parts: list[str], axis: int, out: str) -> None:
-    b.op("Concat", *[b.op("Unsqueeze", p, b.ints([axis])) for p in parts], out=out, axis=axis)
-
-
-def unroll_loop(node: onnx.NodeProto, cx: Context) -> list[onnx.NodeProto]:
-    """Loop whose trip count (and condition) is known before training -> its body repeated."""
-    body = _graph_attr(node, "body")
-    m_name = node.input[0] if node.input else ""
-    c_name = node.input[1] if len(node.input) > 1 else ""
-    trips = evaluate(m_name, cx) if m_name else None
-    if trips is None:
-        raise Unsupported(
-            f"its trip count {m_name or '(none)'!r} is not known before training; an input that sets it can be fed whole with --fixed"
-        )
-    trips = int(np.asarray(trips).reshape(-1)[0])
-    cond = True
-    if c_name:
-        value = evaluate(c_name, cx)
-        if value is None:
-            raise Unsupported(f"its condition {c_name!r} is computed from values not known before training")
-        cond = bool(np.asarray(value).reshape(-1)[0])
-    _budget(node, cx, trips, body)
-    carried = list(node.input[2:])
-    n_carried = len(carried)
-    b = Builder(node, cx)
-    scans: list[list[str]] = [[] for _ in range(len(body.output) - 1 - n_carried)]
-    body_cond_in = body.input[1].name
-    passes_cond = body.output[0].name == body_cond_in
-    for i in range(trips):
-        if not cond:
-            break
-        bound = {body.input[0].name: b.const(i, np.int64), body_cond_in: b.const(True, np.bool_)}
-        bound.update({v.name: c for v, c in zip(body.input[2:], carried)})
-        outs, local = _inline(b, body, bound, f"iter{i}/")
-        if not passes_cond:
-            value = evaluate(outs[0], cx, local)
-            if value is None:
-                raise Unsupported("its condition is computed in the body from values not known before training")
-            cond = bool(np.asarray(value).reshape(-1)[0])
-        carried = outs[1:1 + n_carried]
-        for k, v in enumerate(outs[1 + n_carried:]):
-            scans[k].append(v)
-    for want, have in zip(node.output[:n_carried], carried):
-        if want:
-            b.op("Identity", have, out=want)
-    for want, parts in zip(node.output[n_carried:], scans):
-        if want:
-            if not parts:
-                raise Unsupported("it runs no iteration and has scan outputs")
-            _stack(b, parts, 0, want)
-    return b.nodes
-
-
-def unroll_scan(node: onnx.NodeProto, cx: Context) -> list[onnx.NodeProto]:
-    """Scan over sequences whose length is known before training -> its body repeated on
-    each element (taken with Gather), the outputs stacked with Unsqueeze and Concat."""
-    a = attrs_of(node)
-    body = a["body"]
-    m = int(a["num_scan_inputs"])
-    inputs = list(node.input)
-    n_states = len(inputs) - m
-    in_axes = list(a.get("scan_input_axes", [0] * m))
-    in_dirs = list(a.get("scan_input_directions", [0] * m))
-    n_out = len(body.output) - n_states
-    out_axes = list(a.get("scan_output_axes", [0] * n_out))
-    out_dirs = list(a.get("scan_output_directions", [0] * n_out))
-    lengths = set()
-    for name, axis in zip(inputs[n_states:], in_axes):
-        t = cx.types.get(name)
-        size = t.shape[axis] if t is not None and t.shape is not None else None
-        if not isinstance(size, int):
-            raise Unsupported(f"the length of its scan input {name!r} is not known before training")
-        lengths.add(size)
-    if len(lengths) != 1:
-        raise Unsupported("its scan inputs differ in length")
-    trips = lengths.pop()
-    _budget(node, cx, trips, body)
-    b = Builder(node, cx)
-    states = inputs[:n_states]
-    scans: list[list[str]] = [[] for _ in range(n_out)]
-    for i in range(trips):
-        bound = {v.name: s for v, s in zip(body.input[:n_states], states)}
-        for v, name, axis, rev in zip(body.input[n_states:], inputs[n_states:], in_axes, in_dirs):
-            bound[v.name] = b.op("Gather", name, b.const(trips - 1 - i if rev else i, np.int64), axis=axis)
-        outs, _ = _inline(b, body, bound, f"iter{i}/")
-        states = outs[:n_states]
-        for k, v in enumerate(outs[n_states:]):
-            scans[k].append(v)
-    for want, have in zip(node.output[:n_states], states):
-        if want:
-            b.op("Identity", have, out=want)
-    for want, parts, axis, rev in zip(node.output[n_states:], scans, out_axes, out_dirs):
-        if want:
-            _stack(b, parts[::-1] if rev else parts, axis, want)
-    return b.nodes
-
-
-CONTROL: dict[str, Callable[[onnx.NodeProto, Context], list[onnx.NodeProto] | None]] = {
-    "If": fold_if,
-    "Loop": unroll_loop,
-    "Scan": unroll_scan,
-}
-
-
 # op -> function returning the nodes that replace a node (None: the node needs no rewrite).
 REWRITES: dict[str, Callable[[onnx.NodeProto, Context], list[onnx.NodeProto] | None]] = {
     "CastLike": cast_like,
@@ -708,27 +387,6 @@ REWRITES: dict[str, Callable[[onnx.NodeProto, Context], list[onnx.NodeProto] | N
 
 
 # ---------------------------------------------------------------- the pass
-
-
-def known_values(model: onnx.ModelProto, fixed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Values known before training: Constant nodes, initializers, and the inputs fed whole
-    at every step. A parameter that trains is known at its initial value only: it may be read
-    where no gradient flows (Resize's scales), not to decide a branch (see ``Context.trains``)."""
-    known: dict[str, np.ndarray] = {}
-    for t in model.graph.initializer:
-        known[t.name] = numpy_helper.to_array(t)
-    for node in model.graph.node:
-        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and node.attribute:
-            attr = node.attribute[0]
-            if attr.name == "value":
-                known[node.output[0]] = numpy_helper.to_array(attr.t)
-            elif attr.name in ("value_float", "value_int"):
-                known[node.output[0]] = np.array(helper.get_attribute_value(attr), np.float32 if attr.name == "value_float" else np.int64)
-            elif attr.name in ("value_floats", "value_ints"):
-                known[node.output[0]] = np.array(helper.get_attribute_value(attr), np.float32 if attr.name == "value_floats" else np.int64)
-    for name, value in fixed.items():
-        known[name] = np.asarray(value)
-    return known
 
 
 def rewrite_graph(
