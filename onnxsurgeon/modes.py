@@ -149,9 +149,14 @@ def prune(graph: onnx.GraphProto, outputs: set[str]) -> None:
         del graph.node[:]
         graph.node.extend(keep)
     if any(t.name not in live for t in graph.initializer):
+        dropped = {t.name for t in graph.initializer if t.name not in live}
         tensors = [t for t in graph.initializer if t.name in live]
         del graph.initializer[:]
         graph.initializer.extend(tensors)
+        if any(v.name in dropped for v in graph.input):  # IR 3 lists initializers as inputs too
+            inputs = [v for v in graph.input if v.name not in dropped]
+            del graph.input[:]
+            graph.input.extend(inputs)
 
 
 def inference_view(model: onnx.ModelProto) -> onnx.ModelProto:

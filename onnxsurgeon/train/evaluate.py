@@ -37,7 +37,9 @@ def evaluate(
         raise InputError("no metric given", "add --metric 'error(z, labels)' (or any loss expression)")
     if batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, not {batch_size}")
-    view = modes.inference_view(model)
+    # The metrics are written in opset-13 forms (onnxruntime has no kernels for some ops
+    # below opset 7): older models are converted up, as for training.
+    view = prepare.versions(modes.inference_view(model), [])
     read = losses.names_read(list(metrics))
     _, data_names, missing = losses.split_names(view, read, data)
     if missing:

@@ -79,16 +79,23 @@ class Objective:
         }
 
 
-def batch_symbol(model: onnx.ModelProto) -> str:
-    """The name of the example axis: the first symbolic dim of the first graph input."""
+def batch_symbol(model: onnx.ModelProto) -> str | int:
+    """The example axis: the first symbolic dim of the first graph input; its size where
+    every input has a fixed first dim (a model exported for one batch size: its labels
+    must have that many examples, not a symbolic number)."""
     inits = {t.name for t in model.graph.initializer}
+    fixed: int | None = None
     for v in model.graph.input:
         if v.name in inits or v.type.WhichOneof("value") != "tensor_type":
             continue
         dims = v.type.tensor_type.shape.dim
         if dims and dims[0].dim_param:
             return dims[0].dim_param
-    return "N"
+        if fixed is None and dims and dims[0].dim_value > 0:
+            fixed = dims[0].dim_value
+        elif dims and not dims[0].dim_value:
+            return "N"
+    return fixed if fixed is not None else "N"
 
 
 def value_types(model: onnx.ModelProto) -> dict[str, TensorType]:
@@ -114,7 +121,7 @@ def value_types(model: onnx.ModelProto) -> dict[str, TensorType]:
     return types
 
 
-def data_type(array: np.ndarray, float_elem: int, batch: str) -> TensorType:
+def data_type(array: np.ndarray, float_elem: int, batch: str | int) -> TensorType:
     """The graph type of a data array a loss reads: floats and booleans in the model's float
     type, integers as int64, the first axis the example."""
     if np.issubdtype(array.dtype, np.integer):

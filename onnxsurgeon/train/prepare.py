@@ -149,7 +149,8 @@ def frozen_names(model: onnx.ModelProto, patterns: Iterable[str] = ()) -> set[st
     return frozen
 
 
-def _versions(model: onnx.ModelProto, changes: list[str]) -> onnx.ModelProto:
+def versions(model: onnx.ModelProto, changes: list[str]) -> onnx.ModelProto:
+    """`model` within opsets 13 to 21 (converted, with a note in `changes`), or as it is."""
     opset = default_opset(model)
     if MIN_OPSET <= opset <= MAX_OPSET:
         return model
@@ -182,7 +183,7 @@ def prepare(
     if out.functions:
         out = onnx.inliner.inline_local_functions(out)
         changes.append("model-local functions inlined")
-    out = _versions(out, changes)
+    out = versions(out, changes)
     if out.ir_version > MAX_IR:
         out.ir_version = MAX_IR
     graph = out.graph
