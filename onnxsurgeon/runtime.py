@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import weakref
 from typing import Any
@@ -10,7 +11,7 @@ import numpy as np
 import onnx
 
 from onnxsurgeon import serde
-from onnxsurgeon.errors import EnvironmentProblem, InputError
+from onnxsurgeon.errors import EnvironmentProblem, InputError, SurgeonError
 from onnxsurgeon.graph import default_opset, subgraphs
 
 # onnxruntime 1.19 reads models up to these versions.
@@ -24,6 +25,7 @@ MAX_NESTING = 16
 # no reference to them: they must live exactly as long as their session. Sessions take no
 # attributes of ours through public API, so the values are held here, dropped with the session.
 _WEIGHTS_OF: weakref.WeakKeyDictionary[Any, list[Any]] = weakref.WeakKeyDictionary()
+_GRAPH_OF: weakref.WeakKeyDictionary[Any, onnx.GraphProto] = weakref.WeakKeyDictionary()
 
 
 _ORTMODULE = "onnxruntime.training.ortmodule"
@@ -102,9 +104,10 @@ def session(model: onnx.ModelProto, what: str = "the model", optimize: bool = Tr
     try:
         sess = ort.InferenceSession(serde.to_bytes(model, keep=mapped), options, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own exception types for bad models
-        raise InputError(f"onnxruntime cannot load {what}: {_first_line(e)}") from None
+        raise failure(e, f"onnxruntime cannot load {what}", model.graph) from None
     if values:
         _WEIGHTS_OF[sess] = values
+    _GRAPH_OF[sess] = model.graph  # to name the node of a failure
     return sess
 
 
@@ -124,10 +127,66 @@ def run(sess: Any, feeds: dict[str, np.ndarray], outputs: list[str] | None = Non
     try:
         return sess.run(outputs, feeds)
     except Exception as e:  # onnxruntime raises its own exception types
-        text = " ".join(str(e).split()) or type(e).__name__
-        raise InputError(f"onnxruntime failed to run {what}: {text}", hint) from None
+        raise failure(e, f"onnxruntime failed to run {what}", _GRAPH_OF.get(sess), hint) from None
 
 
 def _first_line(e: Exception) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
+
+
+_NO_KERNEL = re.compile(r"Could not find an implementation for (\w+)\((\d+)\) node with name '([^']*)'")
+_RUNNING = re.compile(r"while running (\w+) node\. Name:'([^']*)' Status Message: (.*)", re.S)
+_STATUS = re.compile(r"\[ONNXRuntimeError\] : \d+ : (\w+) : (.*)", re.S)
+
+
+def failure(e: Exception, what: str, graph: onnx.GraphProto | None = None, hint: str | None = None) -> SurgeonError:
+    """An error of onnxruntime (building a session, training or running one) in words, naming
+    the node and op where it can be traced back to the model: exit 3 for a kernel onnxruntime
+    does not have (a missing component), exit 2 otherwise (the model or data do not fit).
+    One mapping for ``run``, ``eval`` and ``train``; `graph` is the forward graph, whose node a
+    gradient node (``NODE_Grad/...``) is traced back to."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    ops = {n.name: n.op_type for n in graph.node if n.name} if graph is not None else {}
+
+    def where(node: str, op: str) -> str:
+        forward = node.split("_Grad/")[0] if "_Grad/" in node else None
+        if forward is not None and forward in ops:
+            return f"in the gradient of node {forward!r} ({ops[forward]}; onnxruntime's {op} node)"
+        if node in ops:
+            return f"in node {node!r} ({ops[node]})"
+        return f"in onnxruntime's {op} node {node!r}" if node else f"in a {op} node"
+
+    m = _NO_KERNEL.search(text)
+    if m:
+        op, version, node = m.groups()
+        forward = node.split("_Grad/")[0] if "_Grad/" in node else None
+        fix = (
+            f"freeze the parameters in front of node {forward!r} (--freeze PATTERN) so that no gradient flows through it, "
+            "or cut that part out with extract --params constant"
+            if forward is not None
+            else "rewrite the node in ops onnxruntime runs on the CPU"
+        )
+        return EnvironmentProblem(f"{what}: onnxruntime {_version()} has no CPU kernel for {op} (version {version}), needed {where(node, op)}", hint or fix)
+    m = _RUNNING.search(text)
+    if m:
+        op, node, message = m.groups()
+        return InputError(
+            f"{what}: {where(node, op)}: {message.strip()}",
+            hint or "check the shapes of the data against the model's inputs: some exports only run at the sizes "
+            "they were traced with (e.g. one sequence length)",
+        )
+    m = _STATUS.search(text)
+    detail = f"{m.group(1)}: {m.group(2).strip()}" if m else text
+    return InputError(f"{what}: {detail}", hint)
+
+
+def from_onnxruntime(e: BaseException) -> bool:
+    """Whether an exception was raised by onnxruntime (its own types, or the RuntimeError its
+    training API raises), as opposed to a bug of ours."""
+    return isinstance(e, RuntimeError) or type(e).__module__.startswith("onnxruntime")
+
+
+def _version() -> str:
+    module = sys.modules.get("onnxruntime")
+    return getattr(module, "__version__", "") if module is not None else ""

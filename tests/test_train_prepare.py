@@ -26,7 +26,12 @@ RNG = np.random.default_rng(11)
 
 
 def arrays(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    return {t.name: serde.to_array(t) for t in model.graph.initializer}
+    """The stored tensors: initializers, and the values of Constant nodes (weights some exporters keep there)."""
+    out = {t.name: serde.to_array(t) for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.attribute[0].name == "value":
+            out[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    return out
 
 
 def sgd(lr: float = 0.1, **kw) -> OptimizerSettings:
@@ -344,9 +349,15 @@ def test_fact_ops_without_gradient(tmp_path, op):
 def test_old_models_train(fixture_path):
     ir3 = osg.load(fixture_path("ir3_constants.onnx"))
     trained, report = train(ir3, {"x": X4, "t": T4}, TrainSettings(loss="mse(y, t)", optimizer=sgd(0.01)))
-    assert report.plan.trainable == ("w_init",)
+    # the weight held in a Constant node trains too, and goes back into that node
+    assert report.plan.trainable == ("const_w", "w_init") and report.plan.lifted == ("const_w",)
     assert any("IR 3" in c for c in report.plan.changes) and any("opset 8 converted to 13" in c for c in report.plan.changes)
     assert trained.ir_version == 3 and trained.opset_import == ir3.opset_import
+    (before,) = [n for n in ir3.graph.node if n.op_type == "Constant"]
+    (after,) = [n for n in trained.graph.node if n.op_type == "Constant"]
+    assert after.output == before.output and after.name == before.name
+    assert not np.array_equal(numpy_helper.to_array(after.attribute[0].t), numpy_helper.to_array(before.attribute[0].t))
+    assert [t.name for t in trained.graph.initializer] == ["w_init"]
 
 
 @pytest.mark.parametrize(

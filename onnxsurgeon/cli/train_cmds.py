@@ -128,7 +128,7 @@ def train(
     log: Annotated[Path | None, typer.Option("--log", help="The JSON-lines metrics log (default: OUTPUT.metrics.jsonl, or in --checkpoint-dir).")] = None,
     external_data: Annotated[bool, typer.Option("--external-data", help="Write weights to one file beside the model: OUT.data for -o OUT.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Allow the output to replace the input model.")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check the model, loss and data and show what would be trained; write nothing.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check the model, loss and data, build the training session and run one step on a copy; show what would be trained; write nothing.")] = False,
     as_json: Json = False,
     quiet: Quiet = False,
 ) -> None:
@@ -141,7 +141,7 @@ def train(
     from onnxsurgeon import serde
     from onnxsurgeon.arrays import load_data
     from onnxsurgeon.train import data as data_mod, distributed
-    from onnxsurgeon.train.loop import TrainSettings, compile_training
+    from onnxsurgeon.train.loop import TrainSettings, compile_training, rehearse
     from onnxsurgeon.train.loop import train as run_training
     from onnxsurgeon.train.optim import OptimizerSettings, Schedule
 
@@ -166,12 +166,19 @@ def train(
         checked = data_mod.check(arrays, compiled.wanted, str(data), settings.batch_size)
         if val_arrays is not None:
             data_mod.check(val_arrays, compiled.wanted, str(val))
-        report = {"plan": compiled.plan.to_dict(), "objective": compiled.objective.to_dict(), "data": checked.to_dict(), "dry_run": True}
+        step_loss = rehearse(source, arrays, settings, data_label=str(data))  # artifacts, session, one step
+        report = {
+            "plan": compiled.plan.to_dict(), "objective": compiled.objective.to_dict(), "data": checked.to_dict(),
+            "dry_run": True, "first_step_loss": step_loss,
+        }
         if as_json:
             output.emit_json(report)
         elif not quiet:
             _show_plan(compiled.plan, compiled.objective, checked)
-            output.out.print("dry run, nothing trained or written", markup=False)
+            output.out.print(
+                f"dry run: the training session builds and one step runs (loss {step_loss:.5g}); nothing trained or written",
+                markup=False,
+            )
         return
 
     if log is None:

@@ -44,7 +44,9 @@ class TensorType:
         dims: list[Dim] = []
         for d in tt.shape.dim:
             which = d.WhichOneof("value")
-            dims.append(d.dim_value if which == "dim_value" else d.dim_param if which == "dim_param" else None)
+            # a negative size (paddle2onnx writes -1 for "any") is not a size: unknown
+            value = d.dim_value if which == "dim_value" and d.dim_value >= 0 else None
+            dims.append(value if which == "dim_value" else d.dim_param if which == "dim_param" else None)
         return cls(tt.elem_type, tuple(dims))
 
     def to_proto(self) -> onnx.TypeProto:

@@ -18,11 +18,13 @@ receives one dict per event (``start``, ``step``, ``epoch``, ``checkpoint``, ``w
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import math
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from onnxsurgeon import __version__, faults
+from onnxsurgeon import __version__, faults, runtime
 from onnxsurgeon.errors import InputError
 from onnxsurgeon.expr import TensorType
 from onnxsurgeon.train import artifacts, checkpoint, data as data_mod, distributed, losses, ort, prepare, weights
@@ -157,6 +159,7 @@ def compile_training(model: onnx.ModelProto, /, arrays: Mapping[str, np.ndarray]
     """Prepare `model`, compile `loss` and `metrics` into it and decide what is trained."""
     frozen = prepare.frozen_names(model, freeze)
     prepared, prep = prepare.prepare(model, frozen)
+    prepare.pin_shapes(prepared, arrays)
     params = prepare.candidates(prepared, frozen, prep.running_stats)
     read = losses.names_read([loss, *metrics])
     model_values, data_names, missing = losses.split_names(prepared, read, arrays)
@@ -236,6 +239,23 @@ def train(
     return weights.write_back(model, values, record), report
 
 
+def rehearse(model: onnx.ModelProto, /, data: Mapping[str, np.ndarray], settings: TrainSettings, *, data_label: str = "the training data") -> float:
+    """What ``--dry-run`` does beyond the checks: build the artifacts and the training session
+    and run one step on the first batch, in a temporary folder, so that what onnxruntime
+    refuses (a missing kernel, a shape it rejects) is reported before a long run. Nothing is
+    written or kept; returns the loss of that step."""
+    one = dataclasses.replace(settings, epochs=1, max_steps=1, checkpoint_dir=None, checkpoint_every=None, resume=False)
+    compiled = compile_training(model, data, one.loss, one.metrics, one.freeze)
+    train_set = data_mod.check(data, compiled.wanted, data_label, one.batch_size)
+    steps: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="onnxsurgeon-dry-run-") as work:
+        paths = artifacts.build(compiled.model, list(compiled.plan.trainable), list(compiled.plan.running_stats), work, one.optimizer.ort_adamw())
+        run = _Run(paths, compiled, one, train_set, None, lambda e: steps.append(e["loss"]) if e["event"] == "step" else None, None, Path(work))
+        run.start()
+        run.loop()
+    return steps[0] if steps else math.nan
+
+
 class _Run:
     """The sessions and counters of one run."""
 
@@ -263,17 +283,28 @@ class _Run:
 
     # --- set-up -----------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _onnxruntime(self, what: str) -> Iterator[None]:
+        """onnxruntime's errors as user errors naming the forward node (runtime.failure)."""
+        try:
+            yield
+        except Exception as e:
+            if not runtime.from_onnxruntime(e):
+                raise
+            raise runtime.failure(e, what, self.compiled.model.graph) from None
+
     def _zero_sums(self) -> dict[str, Any]:
         return {"examples": 0, "steps": 0, "loss": 0.0, "metrics": [0.0] * len(self.compiled.objective.metrics), "seconds": 0.0}
 
     def _open(self, checkpoint_path: Path) -> None:
         options = ort.session_options()
         options.intra_op_num_threads = self.settings.threads
-        self.state = self.api.CheckpointState.load_checkpoint(checkpoint_path)
-        self.module = self.api.Module(str(self.paths.training_model), self.state, str(self.paths.eval_model), session_options=options)
-        self.optimizer = None
-        if self.settings.optimizer.name != "sgd":
-            self.optimizer = self.api.Optimizer(str(self.paths.optimizer_model), self.module)
+        with self._onnxruntime("onnxruntime-training cannot build the training session"):
+            self.state = self.api.CheckpointState.load_checkpoint(checkpoint_path)
+            self.module = self.api.Module(str(self.paths.training_model), self.state, str(self.paths.eval_model), session_options=options)
+            self.optimizer = None
+            if self.settings.optimizer.name != "sgd":
+                self.optimizer = self.api.Optimizer(str(self.paths.optimizer_model), self.module)
         trainable = list(self.compiled.plan.trainable)
         self.buffers = Buffers(self.state, trainable)
         self.stats = Buffers(self.state, list(self.compiled.plan.running_stats), grads=False).params
@@ -407,7 +438,8 @@ class _Run:
                 if len(mine):
                     batch = self.train_set.batch(mine)
                     onnxruntime.set_seed(self.world.seed(step_seed(s.seed, self.step)))
-                    outs = self.module(*[batch[n] for n in self.train_inputs])
+                    with self._onnxruntime(f"training step {self.step + 1} failed"):
+                        outs = self.module(*[batch[n] for n in self.train_inputs])
                     outs = outs if isinstance(outs, tuple) else (outs,)
                     values = [float(outs[0]), *(float(outs[i]) for i in self.metric_index)]
                 loss, *values = self.world.reduce_step(
@@ -424,7 +456,8 @@ class _Run:
                     if opt.name == "adam":
                         l2_(self.buffers.grads, self.buffers.params, opt.decay)
                     self.optimizer.set_learning_rate(lr)
-                    self.optimizer.step()
+                    with self._onnxruntime(f"the optimizer step {self.step + 1} failed"):
+                        self.optimizer.step()
                 else:
                     l2_(self.buffers.grads, self.buffers.params, opt.decay)
                     self.sgd.step(lr)  # type: ignore[union-attr]
@@ -484,7 +517,8 @@ class _Run:
                 if not len(idx):
                     continue
                 batch = self.val_set.batch(idx)
-                outs = self.module(*[batch[n] for n in self.eval_inputs])
+                with self._onnxruntime("evaluating the validation data failed"):
+                    outs = self.module(*[batch[n] for n in self.eval_inputs])
                 outs = outs if isinstance(outs, tuple) else (outs,)
                 n = len(idx)
                 total += n

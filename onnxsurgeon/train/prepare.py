@@ -45,7 +45,7 @@ from onnxsurgeon.errors import InputError
 from onnxsurgeon.graph import default_opset, is_op, node_reads
 from onnxsurgeon.names import alias
 from onnxsurgeon.runtime import MAX_IR, MAX_OPSET
-from onnxsurgeon.train import rewrite
+from onnxsurgeon.train import lift, rewrite
 from onnxsurgeon.train.artifacts import prepare_for_gradients
 from onnxsurgeon.train.losses import value_types
 
@@ -104,11 +104,12 @@ class Prepared:
     running_stats: tuple[str, ...]  # of BatchNormalization that trains: updated, not trained
     frozen: tuple[str, ...]
     not_rewritten: tuple[tuple[str, str], ...] = ()  # (node, why) of nodes rewrite.py could not rewrite
+    lifted: tuple[str, ...] = ()  # constant tensors made parameters (onnxsurgeon.train.lift)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "changes": list(self.changes), "running_stats": list(self.running_stats), "frozen": list(self.frozen),
-            "not_rewritten": [list(p) for p in self.not_rewritten],
+            "not_rewritten": [list(p) for p in self.not_rewritten], "lifted": list(self.lifted),
         }
 
 
@@ -121,6 +122,7 @@ class TrainPlan:
     frozen: tuple[str, ...]
     constants: tuple[str, ...]  # initializers left as they are: scalars, integers, not reached by the loss
     changes: tuple[str, ...] = field(default=())
+    lifted: tuple[str, ...] = ()  # of the above, values the model computes from constants (Constant nodes)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -128,6 +130,7 @@ class TrainPlan:
             "running_stats": list(self.running_stats),
             "frozen": list(self.frozen),
             "constants": list(self.constants),
+            "lifted": list(self.lifted),
             "changes": list(self.changes),
         }
 
@@ -135,8 +138,10 @@ class TrainPlan:
 def frozen_names(model: onnx.ModelProto, patterns: Iterable[str] = ()) -> set[str]:
     """Parameters that must not change: marked frozen in the metadata, all of a ``constant``
     piece, and those matching a pattern (``fnmatch``, on the name or its alias)."""
-    names = [t.name for t in model.graph.initializer]
-    frozen = meta.frozen_params(model)
+    # Values computed from constants may become parameters (onnxsurgeon.train.lift): freezable too.
+    boundary = lift.boundary(model.graph)
+    names = [t.name for t in model.graph.initializer] + boundary
+    frozen = meta.frozen_params(model) | (set(boundary) if meta.mode(model) == "constant" else meta.frozen(model) & set(boundary))
     patterns = list(patterns)
     unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(n, p) or fnmatch.fnmatchcase(alias(n), p) for n in names)]
     if unmatched:
@@ -195,6 +200,13 @@ def prepare(
         graph.input.extend(keep)
         changes.append(f"{len(listed)} initializers no longer listed as graph inputs (IR 3)")
         out.ir_version = max(out.ir_version, 4)
+    lifted = lift.lift(out)
+    if lifted:
+        changes.append(
+            f"{len(lifted)} weights held in Constant nodes or computed from constants only made parameters "
+            f"(written back into the model where they were): {_few(lifted, 5)}"
+        )
+        inits = {t.name: t for t in graph.initializer}
     taken = {n for node in graph.node for n in (*node.input, *node.output)} | set(inits) | {v.name for v in graph.input}
 
     def fresh(base: str) -> str:
@@ -213,7 +225,7 @@ def prepare(
     running: list[str] = []
     nodes: list[onnx.NodeProto] = []
     true_name: str | None = None
-    counts = {"dropout": 0, "bn_fixed": 0, "rnn": 0, "gelu": 0}
+    counts = {"dropout": 0, "bn_fixed": 0, "bn_computed": 0, "rnn": 0, "gelu": 0}
     decomposed: dict[str, int] = {}
     for node in graph.node:
         label = node.name or node.output[0]
@@ -232,10 +244,19 @@ def prepare(
                 counts["bn_fixed"] += 1
                 continue
             not_stored = [s for s in stats if s not in inits]
+            training = any(a.name == "training_mode" and a.i for a in node.attribute)
+            if not_stored and not training:
+                # Statistics the model computes while it runs from its input (tf2onnx writes
+                # layer normalization so): in inference mode the node is a formula of its
+                # inputs, gradients flow through the computed statistics too.
+                nodes.extend(_fixed_batchnorm(node, types, fresh, label))
+                counts["bn_computed"] += 1
+                continue
             if not_stored:
                 raise InputError(
-                    f"BatchNormalization {label!r}: its running statistics {', '.join(not_stored)} are computed, not stored",
-                    "freeze them, or cut the piece so that they are parameters",
+                    f"BatchNormalization {label!r} (training mode): its running statistics {', '.join(not_stored)} "
+                    "are computed while the model runs, so there is nothing to update",
+                    "freeze them (--freeze), or cut the piece so that they are parameters",
                 )
             running.extend(s for s in stats if s not in running)
             # Exporters in training mode declare the updated statistics as outputs; the eval
@@ -264,6 +285,11 @@ def prepare(
         changes.append(f"{counts['dropout']} Dropout set to drop while training")
     if counts["bn_fixed"]:
         changes.append(f"{counts['bn_fixed']} BatchNormalization with frozen statistics written as the fixed inference formula")
+    if counts["bn_computed"]:
+        changes.append(
+            f"{counts['bn_computed']} BatchNormalization whose statistics the model computes from its input "
+            "written as their inference formula"
+        )
     if running:
         changes.append(f"{len(running) // 2} BatchNormalization train on batch statistics and update their running statistics")
     if counts["rnn"]:
@@ -277,7 +303,44 @@ def prepare(
         listed = ", ".join(f"{n} {op}" for op, n in sorted(rewritten.items()))
         changes.append(f"rewritten in ops with gradients and CPU kernels: {listed}")
     out = prepare_for_gradients(out)
-    return out, Prepared(tuple(changes), tuple(running), tuple(sorted(frozen)), tuple(sorted(not_rewritten.items())))
+    return out, Prepared(tuple(changes), tuple(running), tuple(sorted(frozen)), tuple(sorted(not_rewritten.items())), tuple(lifted))
+
+
+# Ops whose gradient kernel crashes onnxruntime-training 1.19 when the sizes of their input
+# are not known when the session is built (measured: MaxPool over an input of symbolic height
+# and width ends the process with a segmentation fault at the first step).
+_NEEDS_SIZES = frozenset({"MaxPool"})
+
+
+def pin_shapes(model: onnx.ModelProto, /, arrays: Mapping[str, Any]) -> bool:
+    """Give the graph inputs the sizes of the data beyond the example axis, in place, where
+    an op in `_NEEDS_SIZES` would otherwise see symbolic sizes. Every example of a data set
+    has the same shape, so this loses nothing; it is done only where needed, so that the
+    training graph of every other model stays as it was. Returns whether it pinned."""
+    pools = [n for n in model.graph.node if n.op_type in _NEEDS_SIZES and n.domain in ("", "ai.onnx")]
+    if not pools:
+        return False
+    types = value_types(model)
+
+    def known(name: str) -> bool:
+        t = types.get(name)
+        return t is not None and t.shape is not None and all(isinstance(d, int) for d in t.shape[1:])
+
+    if all(known(n.input[0]) for n in pools):
+        return False
+    pinned = False
+    for v in model.graph.input:
+        if v.name not in arrays or not v.type.HasField("tensor_type"):
+            continue
+        shape = np.shape(arrays[v.name])
+        dims = v.type.tensor_type.shape.dim
+        if len(dims) != len(shape):
+            continue
+        for k in range(1, len(dims)):
+            if not (dims[k].HasField("dim_value") and dims[k].dim_value > 0):
+                dims[k].dim_value = int(shape[k])
+                pinned = True
+    return pinned
 
 
 def _fixed_batchnorm(node: onnx.NodeProto, types, fresh, label: str) -> list[onnx.NodeProto]:
@@ -434,6 +497,17 @@ def plan(model: onnx.ModelProto, /, loss: str, params: set[str], prepared: Prepa
         if any(o in needs for o in node.output if o):
             needs.update(n for n in _differentiable_inputs(node) if floating(n))
     trainable = sorted(p for p in params if p in needs)
+    if not trainable:
+        if params:
+            why = f"the loss depends on none of the {len(params)} parameters that may train"
+        elif prepared.frozen:
+            why = "every parameter is frozen"
+        else:
+            why = "the model has no float32 parameter of rank >= 1 (no initializer or constant weight that could train)"
+        raise InputError(
+            f"nothing to train: no float parameter reaches the loss ({why})",
+            "check the loss (it must read an output computed from parameters), --freeze and the metadata's frozen list",
+        )
     reached = set(trainable)
     blocked: list[tuple[onnx.NodeProto, list[str]]] = []
     upstream: dict[str, set[str]] = {p: {p} for p in trainable}
@@ -463,8 +537,10 @@ def plan(model: onnx.ModelProto, /, loss: str, params: set[str], prepared: Prepa
             + ", or cut that part out with extract --params constant",
         )
     names = [t.name for t in graph.initializer]
-    constants = tuple(n for n in names if n not in set(trainable) | set(prepared.running_stats) | set(prepared.frozen))
-    return TrainPlan(tuple(trainable), prepared.running_stats, prepared.frozen, constants, prepared.changes)
+    # Statistics of a BatchNormalization the loss does not need left the graph with it.
+    running = tuple(s for s in prepared.running_stats if s in set(names))
+    constants = tuple(n for n in names if n not in set(trainable) | set(running) | set(prepared.frozen))
+    return TrainPlan(tuple(trainable), running, prepared.frozen, constants, prepared.changes, prepared.lifted)
 
 
 def _no_gradient(node: onnx.NodeProto) -> bool:

@@ -35,10 +35,14 @@ def write_back(
     out = onnx.ModelProto()
     out.CopyFrom(model)
     inits = {t.name: t for t in out.graph.initializer}
-    unknown = [n for n in values if n not in inits]
+    produced = {o for node in out.graph.node for o in node.output[:1]}
+    unknown = [n for n in values if n not in inits and n not in produced]
     if unknown:
         raise InputError(f"no initializer named {', '.join(repr(n) for n in unknown)} in the model")
+    computed = {n: v for n, v in values.items() if n not in inits}
     for name, value in values.items():
+        if name not in inits:
+            continue
         t = inits[name]
         if isinstance(value, onnx.TensorProto) and value.data_type == t.data_type and list(value.dims) == list(t.dims):
             t.CopyFrom(value)
@@ -51,6 +55,10 @@ def write_back(
         if tuple(array.shape) != tuple(t.dims):
             raise InputError(f"{name!r}: value of shape {list(array.shape)} for a parameter of shape {list(t.dims)}")
         t.CopyFrom(numpy_helper.from_array(array.astype(dtype, copy=False), name))
+    if computed:  # parameters lifted from Constant nodes (onnxsurgeon.train.lift) go back where they were
+        from onnxsurgeon.train import lift
+
+        lift.write_back(out, {n: serde.to_array(v) if isinstance(v, onnx.TensorProto) else v for n, v in computed.items()})
     if record is not None:
         meta.put(out, TRAINED, json.dumps(record, sort_keys=True))
     return out
