@@ -203,8 +203,17 @@ def float_tensors(model: onnx.ModelProto) -> dict[str, np.ndarray]:
 
 
 def moved(before: Path, after: Path) -> int:
-    a = float_tensors(onnx.load(str(before)))
+    """How many stored tensors changed. A weight the model computed from constants (Caffe2's
+    ConstantOfShape, paddle's Reshape of a bias) is a Constant in the trained model: its
+    value before is computed from the original."""
+    from onnxsurgeon.train import lift
+
+    original = onnx.load(str(before))
+    a = float_tensors(original)
     b = float_tensors(onnx.load(str(after)))
+    computed = [k for k in b if k not in a and k in set(lift.boundary(original.graph))]
+    if computed:
+        a.update(lift._compute(original, computed))
     return sum(1 for k, v in a.items() if k in b and b[k].shape == v.shape and not np.array_equal(b[k], v))
 
 
