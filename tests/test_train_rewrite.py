@@ -18,6 +18,7 @@ from onnxsurgeon import runtime, serde
 from onnxsurgeon.errors import InputError
 from onnxsurgeon.train.artifacts import FILES, ArtifactPaths
 from onnxsurgeon.train.loop import TrainSettings, train
+from onnxsurgeon.train.losses import value_types
 from onnxsurgeon.train.optim import OptimizerSettings
 from onnxsurgeon.train.prepare import NO_GRADIENT, REWRITTEN, prepare
 
@@ -107,6 +108,12 @@ FACTS = {  # op: (node, x shape, y shape, initializers, opset)
     "GroupNormalization": (helper.make_node("GroupNormalization", ["h", "s", "b"], ["y"], num_groups=2), [3, 4, 5], ["N", 4, 5], NORM, 21),
     "LpNormalization": (helper.make_node("LpNormalization", ["h"], ["y"]), [3, 5], ["N", 5], {}, 17),
     "LRN": (helper.make_node("LRN", ["h"], ["y"], size=3), [3, 4, 5], ["N", 4, 5], {}, 17),
+    "ReduceSumSquare": (helper.make_node("ReduceSumSquare", ["h"], ["y"], axes=[1]), [3, 5], ["N", 1], {}, 15),
+    "ReduceL1": (helper.make_node("ReduceL1", ["h"], ["y"], axes=[1]), [3, 5], ["N", 1], {}, 15),
+    "ReduceLogSum": (helper.make_node("ReduceLogSum", ["h"], ["y"], axes=[1]), [3, 5], ["N", 1], {}, 15),
+    "HardSwish": (helper.make_node("HardSwish", ["h"], ["y"]), [3, 5], ["N", 5], {}, 15),
+    "Mish": (helper.make_node("Mish", ["h"], ["y"]), [3, 5], ["N", 5], {}, 18),
+    "ThresholdedRelu": (helper.make_node("ThresholdedRelu", ["h"], ["y"]), [3, 5], ["N", 5], {}, 15),
 }
 
 
@@ -181,9 +188,44 @@ def test_reduce_max_with_empty_axes_as_noop():
     check(model, lambda h: h, X2, "ReduceMax", exact=True)
 
 
+def test_reduce_max_of_unknown_rank():
+    """tf2onnx's global_max_pooling1d reads a value whose rank shape inference loses."""
+    nodes = [helper.make_node("Unsqueeze", ["h", "one"], ["h4"]), helper.make_node("Add", ["one", "zero"], ["computed"]),
+             helper.make_node("Squeeze", ["h4", "computed"], ["h3"]),  # axes computed: onnx infers no rank
+             helper.make_node("ReduceMax", ["h3"], ["y"], axes=[1], keepdims=0, name="r")]
+    model = one_op(nodes, [3, 5, 2], ["N", 2], {"one": np.array([1], np.int64), "zero": np.array([0], np.int64)}, opset=13)
+    prepared, _ = prepare(model, set())
+    assert value_types(prepared).get("h3") is None or value_types(prepared)["h3"].rank is None
+    check(model, lambda h: h.max(1), RNG.standard_normal((3, 5, 2)).astype(np.float32), "ReduceMax", exact=True)
+
+
+@pytest.mark.parametrize("op", ["ReduceSumSquare", "ReduceL1", "ReduceLogSum"])
+@pytest.mark.parametrize("opset", [13, 18])
+def test_reduce_sums(op, opset):
+    axes = [1, 3]
+    inputs, inits, attrs = (["h", "axes"], {"axes": np.array(axes, np.int64)}, {}) if opset >= 18 else (["h"], {}, {"axes": axes})
+    model = one_op([helper.make_node(op, inputs, ["y"], keepdims=1, name="r", **attrs)], [3, 2, 4, 4], None, inits, opset=opset)
+    fn = {"ReduceSumSquare": lambda h: (h * h).sum((1, 3), keepdims=True), "ReduceL1": lambda h: np.abs(h).sum((1, 3), keepdims=True),
+          "ReduceLogSum": lambda h: np.log((h * h).sum((1, 3), keepdims=True))}[op]
+    if op == "ReduceLogSum":  # a positive sum: the log of squares
+        model.graph.node.insert(1, helper.make_node("Mul", ["h", "h"], ["h2"]))
+        model.graph.node[2].input[0] = "h2"
+    check(model, fn, X4, op)
+
+
 def test_global_max_pool():
     model = one_op([helper.make_node("GlobalMaxPool", ["h"], ["y"], name="gmp")], [3, 2, 4, 4], ["N", 2, 1, 1])
     check(model, lambda h: h.max(axis=(2, 3), keepdims=True), X4, "GlobalMaxPool", exact=True)
+
+
+@pytest.mark.parametrize("op, attrs, f", [
+    ("HardSwish", {}, lambda h: h * np.clip(h / 6 + 0.5, 0, 1)),
+    ("Mish", {}, lambda h: h * np.tanh(np.maximum(h, 0) + np.log1p(np.exp(-np.abs(h))))),
+    ("ThresholdedRelu", {"alpha": 0.3}, lambda h: np.where(h > 0.3, h, 0)),
+])
+def test_activations(op, attrs, f):
+    model = one_op([helper.make_node(op, ["h"], ["y"], name="act", **attrs)], [3, 5], ["N", 5], opset=18)
+    check(model, f, X2, op)
 
 
 # ---------------------------------------------------------------- Resize

@@ -75,25 +75,57 @@ def _extreme(b: Builder, x: str, y: str, axes: list[int] | None, keepdims: int, 
     b.op("Transpose", ones, out=y, perm=[int(i) for i in np.argsort(perm)])
 
 
-def reduce_extreme(node: onnx.NodeProto, cx: Context) -> list[onnx.NodeProto]:
-    """ReduceMax/ReduceMin (axes as attribute or, from opset 18, input) -> TopK(k=1)."""
-    a = attrs_of(node)
-    x = node.input[0]
-    rank = cx.rank(x)
-    if rank is None:
-        raise Unsupported(f"the rank of its input {x!r} is not known")
+def _reduce_axes(node: onnx.NodeProto, cx: Context) -> list[int]:
+    """The axes of a Reduce node: its attribute (opset < 18) or its input, known before training."""
     if len(node.input) > 1 and node.input[1]:
         value = known_value(node.input[1], cx)
         if value is None:
             raise Unsupported(f"its axes {node.input[1]!r} are computed while the model runs")
-        axes = [int(v) for v in np.asarray(value).reshape(-1)]
-    else:
-        axes = [int(v) for v in a.get("axes", [])]
+        return [int(v) for v in np.asarray(value).reshape(-1)]
+    return [int(v) for v in attrs_of(node).get("axes", [])]
+
+
+def reduce_extreme(node: onnx.NodeProto, cx: Context) -> list[onnx.NodeProto]:
+    """ReduceMax/ReduceMin (axes as attribute or, from opset 18, input) -> over given axes,
+    ArgMax/ArgMin and GatherElements axis by axis (no rank needed); over every axis, TopK(k=1)
+    of the flattened input. Both gradients (GatherElementsGrad) have CPU kernels."""
+    a = attrs_of(node)
+    x = node.input[0]
+    axes = _reduce_axes(node, cx)
+    keepdims = int(a.get("keepdims", 1))
     b = Builder(node, cx)
     if not axes and a.get("noop_with_empty_axes", 0):
         b.op("Identity", x, out=node.output[0])
         return b.nodes
-    _extreme(b, x, node.output[0], axes or None, int(a.get("keepdims", 1)), rank, 1 if node.op_type == "ReduceMax" else 0)
+    if axes:
+        current = x
+        for k, axis in enumerate(axes):
+            last = k == len(axes) - 1 and keepdims
+            index = b.op("ArgMax" if node.op_type == "ReduceMax" else "ArgMin", current, axis=axis, keepdims=1)
+            current = b.op("GatherElements", current, index, out=node.output[0] if last else None, axis=axis)
+        if not keepdims:
+            b.op("Squeeze", current, b.ints(axes), out=node.output[0])
+        return b.nodes
+    rank = cx.rank(x)
+    if rank is None:
+        raise Unsupported(f"it reduces every axis and the rank of its input {x!r} is not known")
+    _extreme(b, x, node.output[0], None, keepdims, rank, 1 if node.op_type == "ReduceMax" else 0)
+    return b.nodes
+
+
+def reduce_sum_of(node: onnx.NodeProto, cx: Context) -> list[onnx.NodeProto]:
+    """ReduceSumSquare -> ReduceSum(x*x), ReduceL1 -> ReduceSum(|x|), ReduceLogSum -> Log(ReduceSum(x))."""
+    a = attrs_of(node)
+    x = node.input[0]
+    axes = _reduce_axes(node, cx)
+    b = Builder(node, cx)
+    term = {"ReduceSumSquare": lambda: b.op("Mul", x, x), "ReduceL1": lambda: b.op("Abs", x), "ReduceLogSum": lambda: x}[node.op_type]()
+    extra = {"noop_with_empty_axes": int(a.get("noop_with_empty_axes", 0))}
+    keep = int(a.get("keepdims", 1))
+    out = None if node.op_type == "ReduceLogSum" else node.output[0]
+    total = b.op("ReduceSum", term, *([b.ints(axes)] if axes else []), out=out, keepdims=keep, **extra)
+    if node.op_type == "ReduceLogSum":
+        b.op("Log", total, out=node.output[0])
     return b.nodes
 
 
@@ -105,6 +137,24 @@ def global_max_pool(node: onnx.NodeProto, cx: Context) -> list[onnx.NodeProto]:
         raise Unsupported(f"the rank of its input {x!r} is not known")
     b = Builder(node, cx)
     _extreme(b, x, node.output[0], list(range(2, rank)), 1, rank, 1)
+    return b.nodes
+
+
+# ---------------------------------------------------------------- activations
+
+
+def activation(node: onnx.NodeProto, cx: Context) -> list[onnx.NodeProto]:
+    """HardSwish -> x * HardSigmoid(x; 1/6, 1/2), Mish -> x * tanh(Softplus(x)) (prepare then
+    writes HardSigmoid and Softplus in elementary ops), ThresholdedRelu -> Where(x > alpha, x, 0)."""
+    x, y = node.input[0], node.output[0]
+    b = Builder(node, cx)
+    if node.op_type == "HardSwish":
+        b.op("Mul", x, b.op("HardSigmoid", x, alpha=1 / 6, beta=0.5), out=y)
+    elif node.op_type == "Mish":
+        b.op("Mul", x, b.op("Tanh", b.op("Softplus", x)), out=y)
+    else:
+        alpha = float(attrs_of(node).get("alpha", 1.0))
+        b.op("Where", b.op("Greater", x, b.const(alpha)), x, b.const(0.0), out=y)
     return b.nodes
 
 
@@ -375,7 +425,13 @@ REWRITES: dict[str, Callable[[onnx.NodeProto, Context], list[onnx.NodeProto] | N
     "CastLike": cast_like,
     "ReduceMax": reduce_extreme,
     "ReduceMin": reduce_extreme,
+    "ReduceSumSquare": reduce_sum_of,
+    "ReduceL1": reduce_sum_of,
+    "ReduceLogSum": reduce_sum_of,
     "GlobalMaxPool": global_max_pool,
+    "HardSwish": activation,
+    "Mish": activation,
+    "ThresholdedRelu": activation,
     "Resize": resize,
     "InstanceNormalization": instance_norm,
     "GroupNormalization": group_norm,
