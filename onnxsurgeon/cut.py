@@ -8,9 +8,11 @@ grows with the piece, after one linear pass that indexes the producers of all va
 from __future__ import annotations
 
 import bisect
+import hashlib
 import json
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import onnx
@@ -481,3 +483,25 @@ def _infer_piece(
     if wanted - found.keys():
         found.update((v.name, v.type) for v in inferred.graph.value_info if v.name in wanted)
     return {k: t for k, t in found.items() if k in wanted and t.WhichOneof("value") is not None}
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+_DEFAULT_STEM_MAX = 96
+
+
+def default_output_path(model_path: str | Path, report: ExtractReport) -> Path:
+    """Where ``extract`` writes a piece when no output is given: beside the model, named
+    after it, the piece's outputs and its parameter mode.
+
+    ``model.onnx`` cut at ``--out L4.y --params constant`` gives ``model.L4_y.constant.onnx``;
+    several outputs are joined with ``+``. Characters that are awkward in file names become
+    ``_`` (the alias rule); a very long name is shortened and ends in a hash of the full one.
+    The path never equals the model's own path (it always has two more suffixes).
+    """
+    model_path = Path(model_path)
+    stem = model_path.name[: -len(".onnx")] if model_path.name.endswith(".onnx") else model_path.name
+    outs = "+".join(_UNSAFE.sub("_", p.name) for p in report.outputs)
+    if len(outs) > _DEFAULT_STEM_MAX:
+        digest = hashlib.sha256(outs.encode()).hexdigest()[:8]
+        outs = f"{outs[:_DEFAULT_STEM_MAX - 9]}-{digest}"
+    return model_path.with_name(f"{stem}.{outs}.{report.params}.onnx")

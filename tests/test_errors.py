@@ -316,9 +316,46 @@ def test_no_out(tmp_path, capsys):
     assert_not_written(out)
 
 
-def test_no_output_file(tmp_path, capsys):
-    code, _, err = run(["extract", AE, "--in", "input", "--out", "L4.y"], capsys)
-    assert_error(code, err, BAD_INPUT, "no output file given", hint=("-o", "--dry-run"))
+def test_no_output_file_writes_beside_the_model(tmp_path, capsys):
+    """Without -o the piece goes to MODEL.OUTS.PARAMS.onnx beside the model, and the path is
+    printed; the input model is untouched."""
+    model = shutil.copy(AE, tmp_path / "model.onnx")
+    before = sha256(Path(model))
+    code, out, err = run(["extract", model, "--in", "input", "--out", "L4.y", "--params", "constant"], capsys)
+    assert code == OK, err
+    piece = tmp_path / "model.L4_y.constant.onnx"
+    assert f"wrote {piece}" in out
+    onnx.checker.check_model(onnx.load(piece), full_check=True)
+    assert sha256(Path(model)) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.L4_y.constant.onnx", "model.onnx"]
+
+
+def test_default_output_that_exists_is_kept_without_force(tmp_path, capsys):
+    model = shutil.copy(AE, tmp_path / "model.onnx")
+    piece = tmp_path / "model.z+L2_y.learnable.onnx"
+    piece.write_bytes(b"mine")
+    argv = ["extract", model, "--in", "input", "--out", "z=L4.y", "--out", "L2_y"]
+    code, _, err = run(argv, capsys)
+    assert_error(code, err, BAD_INPUT, f"{piece} already exists", hint=("-o", "--force"))
+    assert piece.read_bytes() == b"mine"
+    assert_no_temp_files(tmp_path)
+    code, out, err = run([*argv, "--force"], capsys)
+    assert code == OK, err
+    assert onnx.load(piece).graph.output[0].name == "z"
+
+
+def test_the_known_command_as_written(tmp_path):
+    """`onnxsurgeon extract model.onnx --in input --out L4.y --params constant`, exactly, in
+    the model's folder, as a separate process."""
+    import subprocess
+
+    shutil.copy(AE, tmp_path / "model.onnx")
+    cmd = "onnxsurgeon extract model.onnx --in input --out L4.y --params constant"
+    exe = Path(sys.executable).with_name("onnxsurgeon")
+    done = subprocess.run([str(exe), *cmd.split()[1:]], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "model.L4_y.constant.onnx" in done.stdout
+    onnx.checker.check_model(onnx.load(tmp_path / "model.L4_y.constant.onnx"), full_check=True)
 
 
 # --- type and shape overrides ---------------------------------------------------------------

@@ -24,30 +24,43 @@ def extract(
         typer.Option("--out", help="Where data leaves the piece: NAME or NEW=NAME. Repeat for several."),
     ] = None,
     params: Annotated[str, typer.Option("--params", help="learnable, constant (frozen, inference form) or shared.")] = "learnable",
-    out_path: Annotated[Path | None, typer.Option("-o", "--output", help="Where to write the piece.")] = None,
+    out_path: Annotated[
+        Path | None,
+        typer.Option(
+            "-o", "--output",
+            help="Where to write the piece. Default: beside MODEL, named MODEL.OUTS.PARAMS.onnx "
+            "(model.onnx --out L4.y --params constant gives model.L4_y.constant.onnx).",
+        ),
+    ] = None,
     auto_inputs: Annotated[bool, typer.Option("--auto-inputs", help="Add graph inputs the outputs need instead of failing.")] = False,
     external_data: Annotated[bool, typer.Option("--external-data", help="Write weights to one file beside the piece: OUT.data for -o OUT.")] = False,
     data: Annotated[
         Path | None,
         typer.Option("--data", help="An .npz of the model's inputs, run once if shape inference cannot type a boundary value."),
     ] = None,
-    force: Annotated[bool, typer.Option("--force", help="Allow the output to replace the input model.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Allow the output to replace the input model, or an existing file at the default path.")
+    ] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be kept; write nothing.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
 ) -> None:
     """Cut the piece between --in and --out out of a model into a new model.
 
-    Example: onnxsurgeon extract fixtures/autoencoder.onnx --in input --out L4_y --params constant -o feat.onnx
+    Without -o the piece is written beside the model as MODEL.OUTS.PARAMS.onnx; the path is
+    printed, the input model is never replaced, and an existing file there is kept unless
+    --force is given.
+
+    Example: onnxsurgeon extract model.onnx --in input --out L4.y --params constant
+    (writes model.L4_y.constant.onnx)
     """
     import onnxsurgeon as osg
     from onnxsurgeon import serde
     from onnxsurgeon.arrays import load_data
+    from onnxsurgeon.cut import default_output_path
 
     if not outputs:
         raise InputError("no --out given", "name the values the piece computes with --out NAME")
-    if out_path is None and not dry_run:
-        raise InputError("no output file given", "add -o OUT.onnx, or --dry-run to only look")
     if out_path is not None and not force and out_path.exists() and model.exists() and out_path.resolve() == model.resolve():
         raise InputError(f"the output {out_path} is the input model", "write to another file, or pass --force to replace it")
     source = osg.load(model)
@@ -57,6 +70,15 @@ def extract(
         source, inputs=list(inputs or []), outputs=list(outputs), params=params,
         auto_inputs=auto_inputs, sample=sample, source=provenance, model_hint=str(model),
     )
+    if out_path is None:
+        out_path = default_output_path(model, report)
+        if not dry_run and not force and (out_path.exists() or out_path.is_symlink()):
+            raise InputError(
+                f"{out_path} already exists (the default output of this cut)",
+                "pass -o OUT.onnx to write elsewhere, or --force to replace it",
+            )
+        if out_path.resolve() == model.resolve():  # cannot happen by construction; never risk it
+            raise InputError(f"the output {out_path} is the input model", "write to another file with -o OUT.onnx")
     for w in report.warnings:
         if not quiet:
             output.warn(w)
@@ -87,7 +109,7 @@ def extract(
     summary = f"{len(report.nodes)} nodes, {len(report.parameters)} parameters ({output.size(report.parameter_bytes)}, {report.params})"
     if changes:
         summary += "; " + ", ".join(changes)
-    target = "dry run, nothing written" if dry_run else f"wrote {out_path}"
+    target = f"dry run, would write {out_path}" if dry_run else f"wrote {out_path}"
     p(f"{target}: {summary}", markup=False)
 
 
