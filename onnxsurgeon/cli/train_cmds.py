@@ -36,15 +36,15 @@ def _keep(text: str) -> int | None:
 class _Log:
     """The JSON-lines metrics log: one line per event, appended, flushed."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, mode: str = "a") -> None:
         if not path.parent.is_dir():
             raise InputError(f"cannot write the log {path}: folder {path.parent} does not exist")
-        self.path = path
+        self.path, self.mode = path, mode
         self.file = None  # opened at the first event: a run refused before it starts leaves no log
 
     def __call__(self, event: dict[str, Any]) -> None:
         if self.file is None:
-            self.file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed by close()
+            self.file = open(self.path, self.mode, encoding="utf-8")  # noqa: SIM115 - closed by close()
         self.file.write(json.dumps(dict(event, time=round(time.time(), 3)), default=str) + "\n")
         self.file.flush()
 
@@ -122,6 +122,14 @@ def train(
     checkpoint_every: Annotated[int | None, typer.Option("--checkpoint-every", help="Also checkpoint every so many steps.")] = None,
     keep: Annotated[str, typer.Option("--keep", help="Keep the newest K checkpoints, or 'all'.")] = "3",
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest intact checkpoint in --checkpoint-dir.")] = False,
+    resume_from: Annotated[
+        Path | None,
+        typer.Option("--resume-from", help="Continue from this checkpoint file (e.g. an older one); new checkpoints go to --checkpoint-dir."),
+    ] = None,
+    overwrite: Annotated[
+        bool,
+        typer.Option("--overwrite", help="Let a fresh run replace the checkpoints (and metrics log) of another run in --checkpoint-dir."),
+    ] = False,
     max_steps: Annotated[int | None, typer.Option("--max-steps", help="Stop this run after so many steps (resume later).")] = None,
     threads: Annotated[int, typer.Option("--threads", help="onnxruntime threads (1 gives exactly reproducible sums).")] = 1,
     plot: Annotated[Path | None, typer.Option("--plot", help="Draw the loss per epoch to this PNG (needs matplotlib; else a sparkline is shown).")] = None,
@@ -157,6 +165,7 @@ def train(
         epochs=epochs, batch_size=batch_size, seed=seed, shuffle=not no_shuffle, freeze=tuple(freeze or ()),
         checkpoint_dir=str(checkpoint_dir) if checkpoint_dir is not None else None, checkpoint_every=checkpoint_every,
         keep=_keep(keep), resume=resume, max_steps=max_steps, threads=threads,
+        resume_from=str(resume_from) if resume_from is not None else None, overwrite=overwrite,
     )
     source = osg.load(model)
     arrays = load_data(str(data))
@@ -185,7 +194,8 @@ def train(
         log = (checkpoint_dir / "metrics.jsonl") if checkpoint_dir is not None else out_path.with_name(out_path.stem + ".metrics.jsonl")  # type: ignore[union-attr]
     if checkpoint_dir is not None:
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    writer = _Log(log)
+    fresh = not resume and resume_from is None
+    writer = _Log(log, "w" if overwrite and fresh else "a")
     bar = _Bar() if (not quiet and not as_json and sys.stderr.isatty()) else None
     warn = None if bar is not None or quiet else (lambda e: output.warn(e["message"]) if e["event"] == "warning" else None)
     interrupted = []

@@ -58,6 +58,8 @@ class TrainSettings:
     checkpoint_every: int | None = None
     keep: int | None = 3  # None keeps every checkpoint
     resume: bool = False
+    resume_from: str | None = None  # a chosen checkpoint file to continue from
+    overwrite: bool = False  # a fresh run may replace the checkpoints in checkpoint_dir
     max_steps: int | None = None  # stop this run after so many steps (resume later)
     threads: int = 1
 
@@ -323,11 +325,14 @@ class _Run:
             raise RuntimeError(f"training model reads {missing}, which the data check did not provide")
 
     def start(self) -> None:
+        self.keep = self.settings.keep
+        self.parts = checkpoint.graph_parts(self.compiled.model)
+        self._replaced: list[Path] = []  # checkpoints --overwrite replaces (found by rank 0)
         found = self.world.from_root(self._find)  # rank 0 reads; every rank gets what it read
         if found is None:
             self._open(self.paths.checkpoint)
         else:
-            self.world.together(lambda: self._check_fits(found))
+            self.world.together(lambda: self._check_resume(found))
             blob = self.work / "resume_state"
             blob.write_bytes(found.ort_state)
             self._open(blob)
@@ -338,6 +343,7 @@ class _Run:
             self.sums = m["epoch_sums"]
             self.history = [EpochResult(**e) for e in m.get("history", [])]
             self.resumed_from = str(found.path)
+        checkpoint.remove(self._replaced)  # every check passed: the old run's files may go
         self.world.broadcast_([*self.buffers.params.values(), *self.stats.values()])  # all start from rank 0's
         self.progress({
             "event": "start", "step": self.step, "epoch": self.epoch, "total_steps": self.total,
@@ -351,13 +357,29 @@ class _Run:
         if folder is not None:
             Path(folder).mkdir(parents=True, exist_ok=True)
         found = None
-        if self.settings.resume:
+        if self.settings.resume_from is not None:
+            if not Path(self.settings.resume_from).is_file():
+                raise InputError(f"no such checkpoint file: {self.settings.resume_from}", "name a step-*.ckpt file of a checkpoint folder")
+            found = checkpoint.read(self.settings.resume_from)
+            if folder is not None:
+                self._replaced = checkpoint.check_target(folder, found, self.settings.overwrite)
+        elif self.settings.resume:
             found, warnings = checkpoint.newest_intact(folder)  # type: ignore[arg-type]
             for w in warnings:
                 self._warn(w)
             if found is None:
                 self._warn(f"no checkpoint in {folder} to resume from; starting from the beginning")
+        elif folder is not None:
+            self._replaced = checkpoint.check_fresh(folder, self.settings.overwrite)
         return found
+
+    def _check_resume(self, found: checkpoint.Checkpoint) -> None:
+        """Everything that must hold before resuming from `found` (on every rank)."""
+        self._check_fits(found)
+        checkpoint.check_not_past_end(found, self.total, self.spe, self.settings.epochs)
+        self.keep = checkpoint.wider_keep(self.settings.keep, found)
+        if self.keep != self.settings.keep:
+            self._warn(f"keeping {checkpoint.keep_label(self.keep)} checkpoints, as the run that wrote {found.path} asked")
 
     def _expected(self) -> dict[str, Any]:
         s = self.settings
@@ -392,18 +414,17 @@ class _Run:
                 what.append(f"the loss was {m.get('loss')!r}")
             if list(m.get("metrics", [])) != list(self.settings.metrics):
                 what.append(f"the metrics were {m.get('metrics')}")
+            if not what:
+                changed = checkpoint.describe_change(m.get("graph_parts"), self.parts)
+                what.append(f"the model changed: {changed}" if changed else "the model changed")
             raise InputError(
-                f"checkpoint {found.path} was written for another training graph"
-                + (f" ({'; '.join(what)})" if what else " (the model changed)"),
-                "resume with the same model, loss and metrics, or start afresh in another --checkpoint-dir",
+                f"checkpoint {found.path} was written for another training graph ({'; '.join(what)})",
+                "resume with the model the run started from, the same loss and metrics, or start afresh "
+                "in another --checkpoint-dir",
             )
-        before = m.get("settings", {})
-        differ = [f"{k} {before.get(k)!r} (now {v!r})" for k, v in self._expected().items() if before.get(k) != v]
-        if differ:
-            raise InputError(
-                f"checkpoint {found.path} was written by a run with other settings: {', '.join(differ)}",
-                "an exact resume needs the same data, --batch-size, --seed and optimizer",
-            )
+        s = self.settings
+        for note in checkpoint.compare_settings(found, self._expected(), s.optimizer.to_dict(), s.schedule.to_dict(), s.epochs):
+            self._warn(note)
 
     def _parameter_shapes(self) -> dict[str, tuple[int, ...]]:
         inits = {t.name: tuple(t.dims) for t in self.compiled.model.graph.initializer}
@@ -554,12 +575,13 @@ class _Run:
             "optimizer_settings": s.optimizer.to_dict(), "schedule": s.schedule.to_dict(),
             "parameters": {k: list(v) for k, v in self._parameter_shapes().items()},
             "lr": s.optimizer.lr * s.schedule.factor(self.step, self.total),
+            "keep": checkpoint.keep_label(self.keep), "graph_parts": self.parts,
             "onnxsurgeon": __version__,
         }
         arrays = self.sgd.state() if self.sgd is not None else {}
         path = checkpoint.save(folder, self.step, blob, arrays, meta)
         faults.reached("checkpoint")
-        removed = checkpoint.prune(folder, s.keep)
+        removed = checkpoint.prune(folder, self.keep)
         self.written.append(str(path))
         self.last_saved = self.step
         self.progress({"event": "checkpoint", "path": str(path), "step": self.step, "removed": [str(p) for p in removed]})
