@@ -39,8 +39,12 @@ _TYPE = re.compile(r"^(?P<dtype>[a-z]+[0-9]*)(?:\[(?P<dims>[^\[\]]*)\])?$")
 def dtype_name(elem_type: int) -> str:
     if elem_type in _NAMES:
         return _NAMES[elem_type]
-    name = onnx.TensorProto.DataType.Name(elem_type) if elem_type else "?"
-    return name.lower()
+    if not elem_type:
+        return "?"
+    try:
+        return onnx.TensorProto.DataType.Name(elem_type).lower()
+    except ValueError:  # a type number onnx does not define (a damaged or hostile file)
+        return f"unknown-type-{elem_type}"
 
 
 def parse_type(text: str) -> onnx.TypeProto | None:

@@ -22,7 +22,7 @@ from typing import BinaryIO
 import onnx
 from google.protobuf.message import DecodeError
 
-from onnxsurgeon import faults, meta, wire
+from onnxsurgeon import dtypes, faults, meta, wire
 from onnxsurgeon.errors import InputError
 
 # Tensors at least this large go to the external data file when a model is written with
@@ -94,7 +94,67 @@ def _check_parsed(model: onnx.ModelProto, what: str) -> onnx.ModelProto:
             f"{what} is not an ONNX model (no IR version, graph or opset import: truncated or another format)",
             "re-export or re-download the model",
         )
+    bad = invalid_text(model)
+    if bad is not None:
+        where, value = bad
+        raise InputError(
+            f"{what} holds text that is not valid UTF-8 in {where}: {value[:40]!r}",
+            "ONNX stores names and doc strings as UTF-8: the file is damaged, or its writer is broken; re-export the model",
+        )
     return model
+
+
+# The string fields (and the message fields to descend into) of each message type, found
+# once from the descriptors. protobuf hands out a string field that holds invalid UTF-8 as
+# bytes, which then breaks every use of it as a name.
+_TEXT_PLAN: dict[object, tuple[list[tuple[str, bool]], list[tuple[str, bool]]]] = {}
+
+
+def _text_plan(desc) -> tuple[list[tuple[str, bool]], list[tuple[str, bool]]]:
+    plan = _TEXT_PLAN.get(desc)
+    if plan is None:
+        from google.protobuf.descriptor import FieldDescriptor as FD
+
+        strings, messages = [], []
+        for f in desc.fields:
+            repeated = getattr(f, "is_repeated", None)
+            if repeated is None:
+                repeated = f.label == FD.LABEL_REPEATED
+            if f.type == FD.TYPE_STRING:
+                strings.append((f.name, repeated))
+            elif f.type == FD.TYPE_MESSAGE:
+                messages.append((f.name, repeated))
+        plan = _TEXT_PLAN[desc] = (strings, messages)
+    return plan
+
+
+def invalid_text(model: onnx.ModelProto) -> tuple[str, bytes] | None:
+    """The first string field of a model that is not valid UTF-8, as (where, bytes)."""
+    stack: list[tuple[object, str]] = [(model, "model")]
+    while stack:
+        msg, where = stack.pop()
+        strings, messages = _text_plan(msg.DESCRIPTOR)  # type: ignore[attr-defined]
+        for name, repeated in strings:
+            value = getattr(msg, name)
+            for v in value if repeated else (value,):
+                if type(v) is bytes:
+                    return f"{where}.{name}", v
+        for name, repeated in messages:
+            if not repeated:
+                if msg.HasField(name):  # type: ignore[attr-defined]
+                    stack.append((getattr(msg, name), f"{where}.{name}"))
+                continue
+            items = getattr(msg, name)
+            if name == "node":
+                # the bulk of a big graph, spelled out: plain nodes are checked in one pass
+                for k, n in enumerate(items):
+                    if n.attribute or bytes in {type(n.name), type(n.op_type), type(n.domain), type(n.doc_string)} or any(
+                        type(v) is bytes for v in n.input
+                    ) or any(type(v) is bytes for v in n.output):
+                        stack.append((n, f"{where}.{name}[{k}]"))
+            else:
+                stack.extend((sub, f"{where}.{name}[{k}]") for k, sub in enumerate(items))
+    return None
 
 
 def fingerprint(path: str | os.PathLike[str]) -> dict[str, object]:
@@ -149,11 +209,70 @@ def _external_info(tensor: onnx.TensorProto) -> dict[str, str]:
     return {e.key: e.value for e in tensor.external_data}
 
 
+_DIGITS = frozenset("0123456789")
+
+
+def _count(tensor: onnx.TensorProto, key: str, text: str) -> int:
+    """A non-negative integer field of an external data entry, or an InputError. Only plain
+    decimal digits: not '-5', '1e3', ' 5', '+5', '' or 'abc' (Python's int() takes some)."""
+    if not text or len(text) > 20 or not set(text) <= _DIGITS:
+        raise InputError(
+            f"tensor {tensor.name!r} has an invalid external data {key}: {text[:40]!r} (not a non-negative integer)",
+            "the model file is damaged or was written wrongly: re-export the model",
+        )
+    return int(text)
+
+
+def external_span(tensor: onnx.TensorProto, file_size: int | None = None) -> tuple[str, int, int | None]:
+    """The location, offset and length of an external tensor, parsed and checked in this one
+    place: offset and length are non-negative integers and, given the data file's size,
+    ``offset + length`` lies within the file (as onnx's ExternalDataInfo and checker ask).
+    The length is None when the model does not give one (the rest of the file)."""
+    info = _external_info(tensor)
+    offset = _count(tensor, "offset", info["offset"]) if "offset" in info else 0
+    length = _count(tensor, "length", info["length"]) if "length" in info else None
+    if file_size is not None:
+        if offset > file_size or (length is not None and offset + length > file_size):
+            have = max(file_size - offset, 0)
+            said = f"{have} of {length} bytes" if length is not None else f"it starts at byte {offset}"
+            raise InputError(
+                f"external data of tensor {tensor.name!r} is truncated: {said} "
+                f"(offset {offset} in {Path(info.get('location', '?')).name!r}, a file of {file_size} bytes)",
+                "re-export the model or restore its .data file",
+            )
+    return info.get("location", ""), offset, length
+
+
+def _expected_bytes(tensor: onnx.TensorProto) -> int | None:
+    """The bytes a tensor of fixed-size elements must hold, from its type and shape."""
+    import numpy as np
+
+    try:
+        itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+    except (KeyError, TypeError, ValueError):
+        return None
+    if tensor.data_type in (onnx.TensorProto.STRING,) or any(d < 0 for d in tensor.dims):
+        return None
+    if tensor.data_type in _PACKED_TYPES:
+        return None
+    n = 1
+    for d in tensor.dims:
+        n *= d
+    return n * itemsize
+
+
+# 4-bit types pack two elements to a byte; numpy's stand-in types do not say so.
+_PACKED_TYPES = frozenset(
+    getattr(onnx.TensorProto, name) for name in ("INT4", "UINT4", "FLOAT4E2M1") if hasattr(onnx.TensorProto, name)
+)
+
+
 def _resolve_external(model: onnx.ModelProto, path: Path) -> None:
     """Check every external location stays beside the model and belongs to the same save,
     and make it absolute."""
     base = path.parent.resolve()
     used = set()
+    sizes: dict[str, int] = {}
     for tensor in iter_model_tensors(model):
         if not is_external(tensor):
             continue
@@ -170,7 +289,20 @@ def _resolve_external(model: onnx.ModelProto, path: Path) -> None:
                 f"external data file {location!r} of tensor {tensor.name!r} is missing",
                 f"place {location!r} beside the model in {base}",
             )
-        _set_external(tensor, str(target), info)
+        if location not in sizes:
+            sizes[location] = target.stat().st_size
+        _, offset, length = external_span(tensor, sizes[location])
+        if length is None:
+            length = sizes[location] - offset
+        need = _expected_bytes(tensor)
+        if need is not None and length != need:
+            raise InputError(
+                f"external data of tensor {tensor.name!r} is {length} bytes, but its type and shape "
+                f"{dtypes.dtype_name(tensor.data_type)}[{','.join(map(str, tensor.dims))}] need {need}",
+                "the model file is damaged or was written wrongly: re-export the model",
+            )
+        # From here on every entry holds a plain offset and length.
+        _set_external(tensor, str(target), dict(info, offset=str(offset), length=str(length)))
         used.add(location)
     _check_pairing(model, path, used)
 
@@ -210,11 +342,10 @@ def _set_external(tensor: onnx.TensorProto, location: str, info: dict[str, str])
 
 def read_external(tensor: onnx.TensorProto) -> bytes:
     """The bytes of an external tensor whose location :func:`load` made absolute."""
-    info = _external_info(tensor)
-    offset = int(info.get("offset", 0))
-    length = int(info["length"]) if "length" in info else -1
+    location, offset, span = external_span(tensor)
+    length = -1 if span is None else span
     try:
-        with open(info["location"], "rb") as f:
+        with open(location, "rb") as f:
             f.seek(offset)
             data = f.read(length)
     except OSError as e:
@@ -240,7 +371,14 @@ def to_array(tensor: onnx.TensorProto):
         copy.CopyFrom(tensor)
         _inline(copy)
         tensor = copy
-    return numpy_helper.to_array(tensor)
+    try:
+        return numpy_helper.to_array(tensor)
+    except (ValueError, TypeError, KeyError) as e:  # data that does not fit the type and shape
+        raise InputError(
+            f"tensor {tensor.name!r} cannot be read: its data does not fit its type and shape "
+            f"{dtypes.dtype_name(tensor.data_type)}[{','.join(map(str, tensor.dims))}] ({e})",
+            "the model file is damaged or was written wrongly: re-export the model",
+        ) from None
 
 
 def mapped_array(tensor: onnx.TensorProto):
@@ -254,13 +392,13 @@ def mapped_array(tensor: onnx.TensorProto):
         return None
     if dtype.kind not in "biufc" or not all(tensor.dims):
         return None  # and empty tensors, which cannot be mapped
-    info = _external_info(tensor)
+    location, offset, length = external_span(tensor)
     shape = tuple(tensor.dims)
     need = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if int(info.get("length", need)) != need:
+    if (need if length is None else length) != need:
         return None  # let the reader report the mismatch
     try:
-        return np.memmap(info["location"], dtype=dtype, mode="r", offset=int(info.get("offset", 0)), shape=shape)
+        return np.memmap(location, dtype=dtype, mode="r", offset=offset, shape=shape)
     except (OSError, ValueError):
         return None  # e.g. a truncated file: the reader names the problem
 
@@ -296,7 +434,7 @@ def _has_external(model: onnx.ModelProto) -> bool:
 
 def _tensor_bytes(tensor: onnx.TensorProto) -> int:
     if is_external(tensor):
-        return int(_external_info(tensor).get("length", 0))
+        return external_span(tensor)[2] or 0
     return tensor.ByteSize()
 
 
@@ -334,7 +472,7 @@ def save(model: onnx.ModelProto, path: str | os.PathLike[str], external_data: bo
         others = itertools.islice(iter_model_tensors(model), len(model.graph.initializer), None)
         if any(is_external(t) for t in others):
             model = materialize(model)  # rare: external tensors outside the initializers
-        return [write_atomically(path, lambda f: wire.write_streaming(model, f, is_external, read_external))]
+        return [write_atomically(path, lambda f: wire.write_streaming(model, f, is_external, read_external, lambda t: external_span(t)[2]))]
     data_path = path.with_name(path.name + ".data")
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -378,11 +516,10 @@ def _copy_external(tensor: onnx.TensorProto, f: BinaryIO) -> int:
 
     The kernel copies them (copy_file_range: no trip through Python's memory, and no
     more memory than a buffer where it must fall back to reading and writing)."""
-    info = _external_info(tensor)
-    offset = int(info.get("offset", 0))
+    location, offset, span = external_span(tensor)
     try:
-        with open(info["location"], "rb") as src:
-            length = int(info["length"]) if "length" in info else os.fstat(src.fileno()).st_size - offset
+        with open(location, "rb") as src:
+            length = span if span is not None else os.fstat(src.fileno()).st_size - offset
             f.flush()
             done = _kernel_copy(src.fileno(), f.fileno(), offset, length)
             while done < length:  # no kernel copy here: read and write a buffer at a time

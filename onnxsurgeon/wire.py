@@ -149,6 +149,8 @@ def _key(number: int, wire: int) -> bytes:
 
 
 def _encode_varint(value: int) -> bytes:
+    if value < 0:  # would never end; lengths are checked on load, this is the backstop
+        raise ValueError(f"cannot encode {value} as a varint")
     out = bytearray()
     while True:
         b = value & 0x7F
@@ -161,7 +163,8 @@ def _encode_varint(value: int) -> bytes:
 
 
 def write_streaming(
-    model: onnx.ModelProto, f: BinaryIO, external: Callable[[onnx.TensorProto], bool], read: Callable[[onnx.TensorProto], bytes]
+    model: onnx.ModelProto, f: BinaryIO, external: Callable[[onnx.TensorProto], bool], read: Callable[[onnx.TensorProto], bytes],
+    external_length: Callable[[onnx.TensorProto], int | None] = lambda t: None,
 ) -> None:
     """Write a model with every initializer for which ``external`` is true made inline,
     reading its bytes with ``read`` one tensor at a time."""
@@ -182,7 +185,7 @@ def write_streaming(
     for t in stubs:
         bare = onnx.TensorProto()
         bare.CopyFrom(t)
-        length = int({e.key: e.value for e in t.external_data}["length"])
+        length = len(read(t)) if (span := external_length(t)) is None else span
         del bare.external_data[:]
         bare.ClearField("data_location")
         pieces.append((bare.SerializeToString(), length))

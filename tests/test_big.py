@@ -151,10 +151,12 @@ def test_truncated_external_data_is_refused_when_copied(fixture_path, tmp_path):
     src = tmp_path / "src"
     shutil.copytree(fixture_path("autoencoder_external"), src)
     data = next(src.glob("*.data"))
-    data.write_bytes(data.read_bytes()[:-100])
     model = osg.load(src / "autoencoder.onnx")
+    data.write_bytes(data.read_bytes()[:-100])  # after loading: the copy finds it
     with pytest.raises(osg.InputError, match=r"is truncated: \d+ of \d+ bytes"):
         osg.save(model, tmp_path / "copy.onnx", external_data=True)
+    with pytest.raises(osg.InputError, match=r"is truncated: \d+ of \d+ bytes"):  # before: loading finds it
+        osg.load(src / "autoencoder.onnx")
     assert not (tmp_path / "copy.onnx").exists() and not (tmp_path / "copy.onnx.data").exists()
 
 

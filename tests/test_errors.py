@@ -745,3 +745,25 @@ def test_model_beside_a_data_file_of_another_save(tmp_path, capsys):
     assert_error(code, err, BAD_INPUT, "m.onnx and its data file 'm.onnx.data' were written by different saves", hint=("write the model again",))
     code, _, err = run(["info", new], capsys)
     assert code == OK, err
+
+
+@pytest.mark.parametrize("field", ["graph.name", "graph.doc_string", "producer_name", "node.output"])
+def test_text_that_is_not_utf8(tmp_path, capsys, field):
+    """A string field holding invalid UTF-8 (one flipped byte) is refused on load, exit 2."""
+    model = onnx.load(AE)
+    mark = "\x01MARK\x01"
+    if field == "graph.name":
+        model.graph.name = mark
+    elif field == "graph.doc_string":
+        model.graph.doc_string = mark
+    elif field == "producer_name":
+        model.producer_name = mark
+    else:
+        model.graph.node[-1].output[0] = mark
+    path = tmp_path / "m.onnx"
+    path.write_bytes(model.SerializeToString().replace(mark.encode(), b"\xffMARK\x01"))
+    out = tmp_path / "p.onnx"
+    for argv in (extract_argv(path, out, "--in", "input", "--out", "L4.y"), ["info", path], ["params", path]):
+        code, _, err = run(argv, capsys)
+        assert_error(code, err, BAD_INPUT, "m.onnx holds text that is not valid UTF-8", field.split(".")[-1], hint=("UTF-8",))
+    assert_not_written(out)

@@ -383,3 +383,183 @@ def test_damaged_npz(tmp_path):
         assert codes[name] == 2, name
     errs = {r["id"]: r["err"] for r in results}
     assert "never unpickled" in errs["objects.npz"] and "header says" in errs["header-2e40.npz"]
+
+
+# --- fields: types, values and encodings, not just bytes ------------------------------------------
+
+HOSTILE_COUNTS = ["-1", "-5", "abc", "", " 5", "5 ", "+5", "1e3", "0x10", "99999999999", str(2**64), "9" * 400, "١٢"]
+
+
+def external_base(tmp: Path) -> Path:
+    """The external-data auto-encoder copied into ``tmp`` (model and data file)."""
+    for p in (FIXTURES / "autoencoder_external").iterdir():
+        shutil.copy(p, tmp / p.name)
+    return tmp / "autoencoder.onnx"
+
+
+def test_hostile_external_data_fields(tmp_path):
+    """offset and length of every kind a file can hold: refused with exit 2 within seconds,
+    by every command, never a hang (`length: "-1"` once looped forever) or an exit 4."""
+    base = external_base(tmp_path)
+    model = onnx.load(base, load_external_data=False)
+    cases = []
+    for key in ("offset", "length"):
+        for k, value in enumerate(HOSTILE_COUNTS):
+            m = onnx.ModelProto()
+            m.CopyFrom(model)
+            t = next(t for t in m.graph.initializer if t.data_location == TensorProto.EXTERNAL)
+            entries = {e.key: e for e in t.external_data}
+            if key not in entries:
+                entries[key] = t.external_data.add()
+                entries[key].key = key
+            entries[key].value = value
+            path = tmp_path / f"{key}{k}.onnx"
+            path.write_bytes(m.SerializeToString())
+            for c, argv in enumerate(model_commands(path.name, base, "input", "output")):
+                cases.append({"id": f"{key}={value[:12]!r}#{c}", "argv": argv})
+    results = run_cases(cases, tmp_path)
+    assert_clean(results, cases, "external data fields")
+    wrong = [(r["id"], r["code"]) for r in results if r["code"] != 2]
+    assert not wrong, wrong  # every one is refused, by every command
+    slowest = max(r["seconds"] for r in results)
+    figures.note("fuzz: external data fields slowest answer (s)", round(slowest, 2))
+    assert slowest < PER_INPUT
+    assert "not a non-negative integer" in next(r["err"] for r in results if r["id"].startswith("length='-1'"))
+
+
+def _strings(msg) -> list[tuple[object, str, int | None]]:
+    """Every non-empty string field of a message and its parts: (message, field, index)."""
+    from google.protobuf.descriptor import FieldDescriptor as FD
+
+    def _text_plan(desc):
+        def repeated(f):
+            r = getattr(f, "is_repeated", None)
+            return r if r is not None else f.label == FD.LABEL_REPEATED
+
+        return ([(f.name, repeated(f)) for f in desc.fields if f.type == FD.TYPE_STRING],
+                [(f.name, repeated(f)) for f in desc.fields if f.type == FD.TYPE_MESSAGE])
+
+    found: list[tuple[object, str, int | None]] = []
+    stack = [msg]
+    while stack:
+        m = stack.pop()
+        strings, messages = _text_plan(m.DESCRIPTOR)
+        for name, repeated in strings:
+            value = getattr(m, name)
+            if repeated:
+                found.extend((m, name, k) for k, v in enumerate(value) if v)
+            elif value:
+                found.append((m, name, None))
+        for name, repeated in messages:
+            if repeated:
+                stack.extend(getattr(m, name))
+            elif m.HasField(name):
+                stack.append(getattr(m, name))
+    return found
+
+
+def _tensors(m: onnx.ModelProto) -> list[onnx.TensorProto]:
+    from onnxsurgeon.serde import iter_model_tensors
+
+    return list(iter_model_tensors(m))
+
+
+def mutate_fields(model: onnx.ModelProto, rng: np.random.Generator, kind: str | None = None) -> tuple[str, bytes]:
+    """One field of the model changed to a hostile value of its kind: a string that is not
+    UTF-8 (or empty, or a newline), an external data offset or length, a tensor's type or
+    dims, a value's element type or dimension, an attribute's type, an opset or IR version,
+    a node's op type or one of its inputs."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    kind = kind or str(rng.choice(["utf8", "utf8", "utf8", "string", "external", "tensor-type", "tensor-dims", "elem-type",
+                                   "dim", "attribute", "opset", "ir", "op", "wire"]))
+    marker = None
+    if kind in ("utf8", "string"):
+        fields = _strings(m)
+        msg, name, k = fields[int(rng.integers(len(fields)))]
+        value = ["", "\n", "x" * 300, "a\x00b", "é"][int(rng.integers(5))] if kind == "string" else "\x01MARK\x01"
+        marker = value if kind == "utf8" else None
+        if k is None:
+            setattr(msg, name, value)
+        else:
+            getattr(msg, name)[k] = value
+        kind = f"{kind}:{type(msg).__name__}.{name}"
+    elif kind == "external":
+        ext = [t for t in _tensors(m) if t.data_location == TensorProto.EXTERNAL]
+        if not ext:
+            return mutate_fields(model, rng)
+        t = ext[int(rng.integers(len(ext)))]
+        key = str(rng.choice(["offset", "length", "location"]))
+        entries = {e.key: e for e in t.external_data}
+        if key not in entries:
+            entries[key] = t.external_data.add()
+            entries[key].key = key
+        entries[key].value = HOSTILE_COUNTS[int(rng.integers(len(HOSTILE_COUNTS)))] if key != "location" else str(
+            rng.choice(["", ".", "..", "nope.data", "autoencoder.onnx", "/dev/zero", "a/../autoencoder.onnx.data"]))
+        kind = f"external:{key}"
+    elif kind == "tensor-type":
+        ts = _tensors(m)
+        ts[int(rng.integers(len(ts)))].data_type = int(rng.choice([0, 2, 3, 7, 8, 9, 10, 16, 17, 22, 23, 40, 999]))
+    elif kind == "tensor-dims":
+        ts = _tensors(m)
+        t = ts[int(rng.integers(len(ts)))]
+        if t.dims:
+            t.dims[int(rng.integers(len(t.dims)))] = int(rng.choice([0, -1, 1, 2**31, 2**62]))
+        else:
+            t.dims.append(int(rng.choice([0, 3, 2**40])))
+    elif kind in ("elem-type", "dim"):
+        values = [*m.graph.input, *m.graph.output, *m.graph.value_info]
+        v = values[int(rng.integers(len(values)))]
+        if kind == "elem-type":
+            v.type.tensor_type.elem_type = int(rng.choice([0, 8, 9, 11, 16, 40, 999]))
+        elif v.type.tensor_type.shape.dim:
+            d = v.type.tensor_type.shape.dim[int(rng.integers(len(v.type.tensor_type.shape.dim)))]
+            if rng.integers(2):
+                d.dim_value = int(rng.choice([0, -3, 2**40]))
+            else:
+                d.dim_param = str(rng.choice(["", "N", "?", "a b", "\n"]))
+    elif kind == "attribute":
+        attrs = [a for n in m.graph.node for a in n.attribute]
+        if not attrs:
+            return mutate_fields(model, rng)
+        a = attrs[int(rng.integers(len(attrs)))]
+        a.type = int(rng.choice([0, 1, 2, 3, 4, 5, 6, 7, 8, 11, 13]))
+    elif kind == "opset":
+        m.opset_import[0].version = int(rng.choice([0, 1, 6, 99, -1, 2**40]))
+    elif kind == "ir":
+        m.ir_version = int(rng.choice([1, 2, 3, 99]))
+    elif kind == "op":
+        n = m.graph.node[int(rng.integers(len(m.graph.node)))]
+        n.op_type = str(rng.choice(["If", "Loop", "Relu", "Gemm", "Nope", ""]))
+    else:  # a node reads a value of another scope, or nothing
+        n = m.graph.node[int(rng.integers(len(m.graph.node)))]
+        if n.input:
+            n.input[int(rng.integers(len(n.input)))] = str(rng.choice(["", "nope", m.graph.output[0].name, n.output[0]]))
+    data = m.SerializeToString()
+    if marker is not None:
+        bad = bytes([0xFF, 0xFE, 0xC3]) + bytes(rng.integers(0x80, 0xFF, 3, dtype=np.uint8))
+        data = data.replace(marker.encode(), bad)
+    return kind, data
+
+
+def test_mutated_fields(tmp_path):
+    """400 models, each with one field given a hostile value of its kind; every command
+    answers 0-3 with a clean message, never 4."""
+    rng = np.random.default_rng(12)
+    ext = external_base(tmp_path)
+    bases = {name: onnx.load(FIXTURES / f"{name}.onnx") for name in BASES}
+    bases["external"] = onnx.load(ext, load_external_data=False)
+    names = [*BASES, "external"]
+    cases, kinds = [], {}
+    for k in range(400):
+        name = names[k % len(names)]
+        kind, data = mutate_fields(bases[name], rng, "external" if name == "external" and k % 2 else None)
+        kinds[kind.split(":")[0]] = kinds.get(kind.split(":")[0], 0) + 1
+        path = tmp_path / f"f{k}-{name}.onnx"
+        path.write_bytes(data)
+        base = ext if name == "external" else FIXTURES / f"{name}.onnx"
+        commands = model_commands(path.name, base, *ports(base))
+        cases.append({"id": f"{path.name} {kind}", "argv": commands[(k // len(names)) % len(commands)]})
+    results = run_cases(cases, tmp_path)
+    assert_clean(results, cases, "mutated fields")
+    assert kinds.get("utf8", 0) >= 50 and kinds.get("external", 0) >= 10, kinds

@@ -419,8 +419,8 @@ class _Run:
                 what.append(f"the model changed: {changed}" if changed else "the model changed")
             raise InputError(
                 f"checkpoint {found.path} was written for another training graph ({'; '.join(what)})",
-                "resume with the model the run started from, the same loss and metrics, or start afresh "
-                "in another --checkpoint-dir",
+                "resume with the same model, loss and metrics (the model the run started from), or start "
+                "afresh in another --checkpoint-dir",
             )
         s = self.settings
         for note in checkpoint.compare_settings(found, self._expected(), s.optimizer.to_dict(), s.schedule.to_dict(), s.epochs):
