@@ -78,6 +78,8 @@ def verify(
     A ``constant`` piece is compared with the original in inference mode (BatchNormalization
     on running statistics, Dropout off), the semantics it was frozen to.
     """
+    if seed < 0:
+        raise InputError(f"--seed must be a non-negative integer, not {seed}", "use 0 or a positive seed")
     if meta.mode(piece) == "constant":
         original = modes.inference_view(original)
     cut = meta.cut(piece) or {}

@@ -17,9 +17,9 @@ from typing import Any
 
 import onnx
 
-from onnxsurgeon import dtypes, meta, modes, serde
+from onnxsurgeon import checks, dtypes, meta, modes, serde
 from onnxsurgeon.errors import InputError
-from onnxsurgeon.graph import GraphIndex, Walk, empty_model, rename_values, walk_back
+from onnxsurgeon.graph import GraphIndex, Walk, empty_model, rename_values, subgraphs, walk_back
 from onnxsurgeon.names import Resolved, Resolver
 
 _RECORD = re.compile(r"^([^=]+)=(.+)$")
@@ -168,7 +168,11 @@ def extract(
         def rank_of(name: str) -> int | None:
             return dtypes.rank(types.get(name) or index.type_of(name))
 
-        folded, removed, more = modes.freeze(g, rank_of, set(out_values))
+        def elem_of(name: str) -> int | None:
+            t = types.get(name) or index.type_of(name)
+            return t.tensor_type.elem_type or None if t is not None and t.HasField("tensor_type") else None
+
+        folded, removed, more = modes.freeze(g, rank_of, set(out_values), elem_of)
         warnings += more
 
     out_names = _name_ports(g, in_ports, out_specs, out_res, stop | walk.params)
@@ -190,6 +194,7 @@ def extract(
         params=params,
     )
     meta.put(piece, meta.CUT, json.dumps(provenance))
+    warnings += checks.check_result(piece, "a piece", [model])
 
     report = ExtractReport(
         inputs=tuple(in_port_objs),
@@ -383,6 +388,37 @@ def _check_new_names(g: onnx.GraphProto, rename: dict[str, str], extra: list[tup
             "the new name " + ", ".join(repr(c) for c in clashes) + " is already a value of the piece",
             "choose another record name",
         )
+    # Names are unique across nested scopes too (ONNX's SSA rule): a record name that an
+    # If/Loop/Scan body defines would be shadowed there, and the body's reads of the renamed
+    # value would find its own value instead.
+    inner = _nested_names(g)
+    nested = [new for old, new in [*rename.items(), *extra] if new in inner and new != old]
+    if nested:
+        first = nested[0]
+        raise InputError(
+            f"the new name {first!r} is already a value inside the piece, in a subgraph of node {inner[first]!r}",
+            "choose another record name",
+        )
+
+
+def _nested_names(g: onnx.GraphProto) -> dict[str, str]:
+    """Every value defined inside the subgraphs of a graph's nodes, with the outer node."""
+    found: dict[str, str] = {}
+    for node in g.node:
+        if not node.attribute:
+            continue
+        label = node.name or node.output[0]
+        for sub in subgraphs(node):
+            stack = [sub]
+            while stack:
+                s = stack.pop()
+                found.update((v.name, label) for v in s.input)
+                found.update((t.name, label) for t in s.initializer)
+                for n in s.node:
+                    found.update((o, label) for o in n.output if o)
+                    if n.attribute:
+                        stack.extend(subgraphs(n))
+    return found
 
 
 def _infer_types(model: onnx.ModelProto, index: GraphIndex, names: list[str]) -> dict[str, onnx.TypeProto]:
@@ -451,6 +487,36 @@ def _probe(model: onnx.ModelProto, g: onnx.GraphProto) -> onnx.ModelProto:
     return probe
 
 
+_SHAPE_WORDS = re.compile(r"shape|dimension|broadcast|mismatch|incompatible|rank", re.IGNORECASE)
+
+
+def _try_overrides(model: onnx.ModelProto, g: onnx.GraphProto, overridden: list[str]) -> None:
+    """Run the piece once on random inputs of the new types: onnx's shape inference does not
+    check every operator's dimensions (Gemm's inner dimension, its bias), onnxruntime does.
+    A piece that onnxruntime cannot even load is left to the other checks."""
+    from onnxsurgeon import compare, runtime
+
+    probe = _probe(model, g)
+    try:
+        feeds = compare.random_inputs(probe, batch=1)
+        sess = runtime.session(probe, optimize=False)
+    except Exception:  # onnxruntime missing, an op it lacks, random data impossible: not this check's business
+        return
+    try:
+        sess.run(None, feeds)
+    except Exception as e:  # onnxruntime raises its own exception types
+        reason = " ".join(str(e).split()) or type(e).__name__
+        if not _SHAPE_WORDS.search(reason):
+            return  # e.g. random indices out of range: says nothing about the new shape
+        reason = reason.split("Status Message: ")[-1] if "Status Message: " in reason else reason
+        where = re.search(r"Name:'([^']*)'", str(e))
+        raise InputError(
+            f"the new input type {', '.join(map(repr, overridden))} does not fit the piece: "
+            + (f"node {where.group(1)!r}: " if where else "") + reason[:500],
+            "check the shape you gave, or cut so that the new shape fits",
+        ) from None
+
+
 def _update_types(types: dict[str, onnx.TypeProto | None], found: dict[str, onnx.TypeProto]) -> None:
     """Take a found type where none is known, or where it adds a shape."""
     for v, t in found.items():
@@ -477,6 +543,8 @@ def _infer_piece(
             f"the new input type {', '.join(map(repr, overridden))} does not fit the piece: {reason}",
             "check the shape you gave, or cut so that the new shape fits",
         ) from None
+    if overridden:
+        _try_overrides(model, g, overridden)
     if overridden or not g.value_info:  # keep what inference learnt about the inner values
         g.value_info.extend(inferred.graph.value_info)
     found = {v.name: v.type for v in inferred.graph.output}

@@ -123,6 +123,7 @@ class Param:
     bytes: int
     state: str  # learnable, frozen or shared
     alias: str
+    training: str = "trained"  # what `train` does with it: trained, updated statistics, constant (why)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -132,6 +133,7 @@ class Param:
             "size": self.size,
             "bytes": self.bytes,
             "state": self.state,
+            "training": self.training,
             "alias": self.alias,
         }
 
@@ -168,16 +170,35 @@ def _itemsize(elem_type: int) -> int:
 def params(model: onnx.ModelProto, /) -> ParamsReport:
     """Every parameter (initializer) with its shape, type, size and state."""
     frozen = meta.frozen(model)
+    if meta.mode(model) == "constant":
+        frozen = frozen | {t.name for t in model.graph.initializer}
     shared = meta.shared(model)
+    statistics = {
+        s for n in model.graph.node if n.op_type == "BatchNormalization" and n.domain in ("", "ai.onnx") for s in n.input[3:5]
+    }
     out = []
     for t in model.graph.initializer:
         size = math.prod(t.dims)
         state = "frozen" if t.name in frozen else "shared" if t.name in shared else "learnable"
         a = alias(t.name)
         out.append(
-            Param(t.name, dtypes.dtype_name(t.data_type), tuple(t.dims), size, size * _itemsize(t.data_type), state, a if a != t.name else "")
+            Param(t.name, dtypes.dtype_name(t.data_type), tuple(t.dims), size, size * _itemsize(t.data_type), state,
+                  a if a != t.name else "", _training(t, state, statistics))
         )
     return ParamsReport(tuple(out))
+
+
+def _training(t: onnx.TensorProto, state: str, statistics: set[str]) -> str:
+    """What ``train`` does with a parameter (as its training preparation decides)."""
+    if state == "frozen":
+        return "constant (frozen)"
+    if t.name in statistics:
+        return "updated statistics"
+    if t.data_type != onnx.TensorProto.FLOAT:
+        return f"constant ({dtypes.dtype_name(t.data_type)})"
+    if not t.dims:
+        return "constant (scalar)"
+    return "trained"
 
 
 @dataclass(frozen=True)

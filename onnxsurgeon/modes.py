@@ -20,11 +20,13 @@ def freeze(
     graph: onnx.GraphProto,
     rank_of: Callable[[str], int | None],
     outputs: set[str],
+    elem_of: Callable[[str], int | None] | None = None,
 ) -> tuple[list[str], list[str], list[str]]:
     """Rewrite a graph in place into inference form.
 
-    ``rank_of`` gives the rank of a value where known; ``outputs`` are the names that must
-    survive. Returns the BatchNormalization nodes folded, the Dropout nodes removed and
+    ``rank_of`` gives the rank of a value where known, ``elem_of`` its element type (a folded
+    BatchNormalization computes in its input's type, which may differ from its parameters'
+    from opset 15 on); ``outputs`` are the names that must survive. Returns the BatchNormalization nodes folded, the Dropout nodes removed and
     warnings for nodes that could not be rewritten.
     """
     inits = {t.name: t for t in graph.initializer}
@@ -70,7 +72,7 @@ def freeze(
             removed.append(label)
             continue
         if is_op(node, "BatchNormalization"):
-            result = _fold_batchnorm(node, inits, rank_of, fresh)
+            result = _fold_batchnorm(node, inits, rank_of, fresh, elem_of)
             if isinstance(result, str):
                 warnings.append(f"BatchNormalization {label!r} kept: {result}")
                 new_nodes.append(node)
@@ -107,7 +109,7 @@ def freeze(
     return folded, removed, warnings
 
 
-def _fold_batchnorm(node, inits, rank_of, fresh):
+def _fold_batchnorm(node, inits, rank_of, fresh, elem_of=None):
     x, y = node.input[0], node.output[0]
     params = list(node.input[1:5])
     missing = [p for p in params if p not in inits]
@@ -123,7 +125,8 @@ def _fold_batchnorm(node, inits, rank_of, fresh):
     scale, bias, mean, var = (serde.to_array(inits[p]).astype(np.float64) for p in params)
     a = scale / np.sqrt(var + eps)
     b = bias - mean * a
-    dtype = onnx.helper.tensor_dtype_to_np_dtype(inits[params[0]].data_type)
+    elem = (elem_of(x) or elem_of(y) if elem_of is not None else None) or inits[params[0]].data_type
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(elem)
     shape = [-1] + [1] * max(rank - 2, 0)
     label = node.name or y
     a_t = numpy_helper.from_array(a.reshape(shape).astype(dtype), fresh(f"{label}.folded_scale"))

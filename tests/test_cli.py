@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import onnxsurgeon as osg
@@ -115,3 +116,35 @@ def test_layering():
             assert "import typer" not in text and "from rich" not in text, rel
         if not rel.startswith("train/"):
             assert "import onnxruntime.training" not in text and "from onnxruntime.training" not in text, rel
+
+
+def test_params_and_transfer_never_cut_names_when_piped(tmp_path):
+    """Names longer than a terminal line come out whole on stdout when it is a pipe, so they
+    can be pasted into --freeze or --map (issue 12); params says what training does."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    long = "encoder/layers.11/attention/self/query/weight_of_a_really_long_exported_name"
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", long], ["h"]), helper.make_node("Reshape", ["h", "shape"], ["y"])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        [numpy_helper.from_array(np.ones((4, 4), np.float32), long), numpy_helper.from_array(np.array([-1, 4]), "shape")],
+    )
+    path = tmp_path / "m.onnx"
+    osg.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    for argv in (["params", str(path)], ["transfer", "--from", str(path), "--to", str(path), "--dry-run"]):
+        done = subprocess.run([sys.executable, "-m", "onnxsurgeon", *argv], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        lines = [line for line in done.stdout.splitlines() if long in line]
+        assert lines, done.stdout  # the whole name, on one line
+        assert "…" not in done.stdout
+    rows = {line.split()[0]: line for line in subprocess.run(
+        [sys.executable, "-m", "onnxsurgeon", "params", str(path)], capture_output=True, text=True, timeout=120).stdout.splitlines()}
+    assert "trained" in rows[long] and "constant (int64)" in rows["shape"]
+
+
+def test_params_says_what_training_does(cli, fixture_path):
+    code, out, _ = cli("params", fixture_path("bn_dropout.onnx"), "--json")
+    training = {p["name"]: p["training"] for p in json.loads(out)["params"]}
+    assert training["fc.weight"] == "trained" and training["bn1.running_mean"] == "updated statistics"
+    assert training["bn1.running_var"] == "updated statistics" and training["drop1.ratio"] == "constant (scalar)"

@@ -767,3 +767,38 @@ def test_text_that_is_not_utf8(tmp_path, capsys, field):
         code, _, err = run(argv, capsys)
         assert_error(code, err, BAD_INPUT, "m.onnx holds text that is not valid UTF-8", field.split(".")[-1], hint=("UTF-8",))
     assert_not_written(out)
+
+
+def test_negative_seeds_are_refused(tmp_path, capsys, ae_data):
+    """compose --seed -5, a recipe's seed = -1, train --seed -3, verify --seed -1: exit 2 with
+    a message, not a traceback (issue 12)."""
+    recipe = (Path(__file__).resolve().parent.parent / "examples" / "feature_extractor" / "recipe.toml").read_text()
+    recipe = recipe.replace("../../fixtures/autoencoder.onnx", str(AE).replace("\\", "/"))
+    good = tmp_path / "r.toml"
+    good.write_text(recipe)
+    net = tmp_path / "net.onnx"
+    code, _, err = run(["compose", good, "-o", net, "--seed", "-5"], capsys)
+    assert_error(code, err, BAD_INPUT, "seed must be a non-negative integer, not -5")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("seed = -1\n" + recipe)
+    code, _, err = run(["compose", bad, "-o", net], capsys)
+    assert_error(code, err, BAD_INPUT, "bad.toml:1:", "'seed' must be a non-negative integer, not -1")
+    assert_not_written(net)
+    out = tmp_path / "t.onnx"
+    code, _, err = run(train_argv(ae_data, out, "--seed", "-3"), capsys)
+    assert_error(code, err, BAD_INPUT, "--seed must be a non-negative integer, not -3")
+    assert_not_written(out)
+    code, _, err = run(["verify", AE, AE, "--seed", "-1"], capsys)
+    assert_error(code, err, BAD_INPUT, "--seed must be a non-negative integer, not -1")
+
+
+def test_transfer_that_matches_nothing_fails_and_writes_nothing(tmp_path, capsys):
+    """0 matched is never what was meant: exit 1 even without --strict, nothing written."""
+    out = tmp_path / "x.onnx"
+    code, stdout, err = run(["transfer", "--from", TWO_IO, "--to", AE, "-o", out], capsys)
+    assert_error(code, err, CHECK_FAILED, "nothing matched: none of the 16 parameters of", "nothing written", hint=("--map",))
+    assert "MISSING" in stdout
+    assert_not_written(out)
+    code, _, err = run(["transfer", "--from", AE, "--to", AE, "-o", out], capsys)  # everything matches: written
+    assert code == OK, err
+    assert out.exists()

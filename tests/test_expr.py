@@ -309,3 +309,49 @@ def test_cosine_concat_and_constants_run():
     (got,) = runtime.session(model).run(None, {"p": x, "q": y})
     cos = (x * y).sum(-1, keepdims=True) / np.sqrt((x * x).sum(-1, keepdims=True) * (y * y).sum(-1, keepdims=True))
     np.testing.assert_allclose(got, np.concatenate([cos, 2 - x], -1), rtol=1e-5, atol=1e-6)
+
+
+# --- constants take the operand's type only if they survive it (issue 12) ---------------------
+
+
+@pytest.mark.parametrize(
+    "dtype, expression, words",
+    [
+        ("int64", "x * 0.5", "0.5 is not an integer"),
+        ("int64", "x / 3", "dividing integers truncates"),
+        ("int32", "x + 3000000000", "outside int32's range"),
+        ("int8", "x * 300", "outside int8's range"),
+        ("float16", "x * 70000", "beyond float16's largest value"),
+        ("float16", "x * 1e-10", "would become 0"),
+        ("float32", "x * 1e39", "beyond float32's largest value"),
+    ],
+)
+def test_constant_that_does_not_survive_the_operand_type_is_refused(dtype, expression, words):
+    import onnxsurgeon as osg
+
+    net = osg.Network()
+    net.input("x", f"{dtype}[N,4]")
+    with pytest.raises(InputError, match=words):
+        net.output("y", net.evaluate(expression))
+
+
+@pytest.mark.parametrize(
+    "dtype, expression, expected",
+    [
+        ("int64", "x * 2", lambda x: x * 2),
+        ("int64", "x * 2.0", lambda x: x * 2),
+        ("int32", "x + 100", lambda x: x + 100),
+        ("float16", "x * 0.5", lambda x: x * np.float16(0.5)),
+        ("float32", "x / 3", lambda x: x / np.float32(3)),
+    ],
+)
+def test_constants_that_survive_compute_exactly(dtype, expression, expected):
+    import onnxsurgeon as osg
+
+    net = osg.Network()
+    net.input("x", f"{dtype}[N,4]")
+    net.output("y", net.evaluate(expression))
+    model, _ = net.build()
+    x = np.arange(8).reshape(2, 4).astype(dtype)
+    (got,) = runtime.session(model).run(None, {"x": x})
+    assert got.dtype == np.dtype(dtype) and np.array_equal(got, expected(x))

@@ -176,3 +176,64 @@ def test_external_data_in_and_out(fixture_path, tmp_path):
         assert osg.verify(model, osg.load(path)).ok
     # onnx itself reads what we wrote
     onnx.checker.check_model(onnx.load(str(ext)), full_check=True)
+
+
+def _if_with_local_t() -> onnx.ModelProto:
+    """a = Relu(x); o = If(c): then t = Neg(a) (a name of its own), else e = Abs(a)."""
+    from onnx import TensorProto, helper
+
+    vi = lambda n: helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", 2])  # noqa: E731
+    then = helper.make_graph([helper.make_node("Neg", ["a"], ["t"], name="neg")], "then", [], [vi("t")])
+    other = helper.make_graph([helper.make_node("Abs", ["a"], ["e"], name="abs")], "else", [], [vi("e")])
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["a"], name="relu"),
+         helper.make_node("If", ["c"], ["o"], name="if1", then_branch=then, else_branch=other)],
+        "scopes", [vi("x"), helper.make_tensor_value_info("c", TensorProto.BOOL, [])], [vi("o")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def test_record_name_defined_inside_a_branch_is_refused():
+    """--out t=a while a branch defines its own t: renaming would reach into the branch,
+    which would then read its own t for a (issue 12). Refused, naming the node."""
+    model = _if_with_local_t()
+    with pytest.raises(osg.InputError, match=r"the new name 't' is already a value inside the piece, in a subgraph of node 'if1'"):
+        osg.extract(model, inputs=["x", "c"], outputs=["t=a", "o"])
+    piece, _ = osg.extract(model, inputs=["x", "c"], outputs=["u=a", "o"])  # another name works
+    onnx.checker.check_model(piece, full_check=True)
+    assert osg.verify(model, piece).ok
+
+
+@pytest.mark.parametrize("new", ["fc.weight:float32[5,255]", "fc.weight:float32[5,256]"])
+def test_new_weight_that_cannot_fit_is_refused_before_writing(fixture_path, new):
+    """A [5,255] weight against 256 features, or a [5,256] one beside the old [10] bias: onnx's
+    shape inference passes both, onnxruntime would fail at run time (issue 12)."""
+    model = osg.load(fixture_path("bn_dropout.onnx"))
+    with pytest.raises(osg.InputError, match=r"does not fit the piece: node 'fc': Gemm"):
+        osg.extract(model, inputs=["flat.y", new], outputs=["logits"])
+    piece, _ = osg.extract(model, inputs=["flat.y", "fc.weight:float32[10,256]"], outputs=["logits"])  # same shape: fine
+    onnx.checker.check_model(piece, full_check=True)
+
+
+def test_a_piece_the_checker_refuses_is_a_bug_not_a_file(fixture_path, monkeypatch, tmp_path):
+    """Every piece passes onnx.checker before it is returned: a bug that builds an invalid
+    one is exit 4 with the checker's words, and no file is written (issue 12)."""
+    from onnxsurgeon import checks, modes
+    from onnxsurgeon.cli import main
+
+    real = modes.freeze
+
+    def broken(graph, *args, **kw):  # a bug: the folded Mul reads a value nothing produces
+        out = real(graph, *args, **kw)
+        graph.node[0].input[0] = "nowhere"
+        return out
+
+    monkeypatch.setattr(modes, "freeze", broken)
+    model = osg.load(fixture_path("bn_dropout.onnx"))
+    with pytest.raises(checks.InvalidResult, match="onnxsurgeon built a piece that onnx.checker refuses"):
+        osg.extract(model, inputs=["image"], outputs=["logits"], params="constant")
+    out = tmp_path / "p.onnx"
+    assert main(["extract", str(fixture_path("bn_dropout.onnx")), "--in", "image", "--out", "logits", "--params", "constant", "-o", str(out)]) == 4
+    assert not out.exists()

@@ -76,3 +76,28 @@ def test_constant_on_pytorch_training_export():
     assert not {"BatchNormalization", "Dropout"} & {n.op_type for n in piece.graph.node}
     result = osg.verify(model, piece)
     assert result.ok and result.outputs[0].max_rel_diff < 1e-5
+
+
+def test_constant_folds_a_mixed_precision_batchnorm_in_the_input_type(tmp_path):
+    """opset 15 lets BatchNormalization take float16 data with float32 parameters; the folded
+    Mul and Add compute in float16, as the original did (issue 12)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    params = [numpy_helper.from_array(v.astype(np.float32), n) for n, v in (
+        ("s", rng.uniform(0.5, 2, 3)), ("b", rng.standard_normal(3)), ("m", rng.standard_normal(3)), ("v", rng.uniform(0.5, 2, 3)))]
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("BatchNormalization", ["r", "s", "b", "m", "v"], ["y"], name="bn")],
+        "mixed", [helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["N", 3, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT16, ["N", 3, 4, 4])], params,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
+    onnx.checker.check_model(model, full_check=True)
+    piece, report = osg.extract(model, inputs=["x"], outputs=["y"], params="constant")
+    assert report.folded_batchnorms == ("bn",)
+    onnx.checker.check_model(piece, full_check=True)
+    assert {t.data_type for t in piece.graph.initializer} == {TensorProto.FLOAT16}
+    x = rng.standard_normal((2, 3, 4, 4)).astype(np.float16)
+    (want,) = run(model, {"x": x})
+    (got,) = run(piece, {"x": x})
+    assert got.dtype == np.float16 and np.allclose(got.astype(np.float32), want.astype(np.float32), rtol=1e-2, atol=1e-2)

@@ -39,7 +39,8 @@ def nodes(
 
 @app.command()
 def params(model: Model, as_json: Json = False) -> None:
-    """List every parameter with its type, shape, size and state (learnable, frozen, shared).
+    """List every parameter with its type, shape, size, state (learnable, frozen, shared) and
+    what training does with it (trained, updated statistics, or constant and why).
 
     Example: onnxsurgeon params feat.onnx
     """
@@ -49,9 +50,9 @@ def params(model: Model, as_json: Json = False) -> None:
     if as_json:
         output.emit_json(report.to_dict())
         return
-    t = output.table("name", "type", "shape", "size", "state", "alias")
+    t = output.table("name", "type", "shape", "size", "state", "training", "alias")
     for p in report.params:
-        t.add_row(p.name, p.dtype, "[" + ",".join(map(str, p.shape)) + "]", f"{p.size:,}", p.state, p.alias)
+        t.add_row(p.name, p.dtype, "[" + ",".join(map(str, p.shape)) + "]", f"{p.size:,}", p.state, p.training, p.alias)
     output.out.print(t)
     counts = ", ".join(f"{n} {state}" for state, n in report.counts().items())
     output.out.print(

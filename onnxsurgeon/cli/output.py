@@ -26,8 +26,22 @@ def _console(name: str) -> Console:
     if name not in globals():
         from rich.console import Console
 
-        globals()[name] = Console(stderr=name == "err", highlight=False, soft_wrap=True)
+        # Not a terminal (a pipe, a file): no width to fit, so tables print every name in
+        # full, on one line, ready to paste into --freeze or --map.
+        stream = sys.stderr if name == "err" else sys.stdout
+        width = None if _isatty(stream) else NOT_A_TERMINAL_WIDTH
+        globals()[name] = Console(stderr=name == "err", highlight=False, soft_wrap=True, width=width)
     return globals()[name]
+
+
+NOT_A_TERMINAL_WIDTH = 1 << 15
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
 
 
 def emit_json(data: Any) -> None:
@@ -41,7 +55,12 @@ def warn(message: str) -> None:
 def table(*columns: str, title: str | None = None) -> Table:
     from rich.table import Table
 
-    return Table(*columns, title=title, box=None, header_style="bold", pad_edge=False)
+    # On a terminal too narrow for a row, cells wrap ("fold"); they are never cut short
+    # with an ellipsis, so every name shown is whole.
+    t = Table(title=title, box=None, header_style="bold", pad_edge=False)
+    for c in columns:
+        t.add_column(c, overflow="fold")
+    return t
 
 
 def size(n: int) -> str:

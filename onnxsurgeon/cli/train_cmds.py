@@ -399,8 +399,10 @@ def transfer(
         raise InputError(f"no such file: {source}", "check the path of --from")
     src = weights.from_checkpoint(source) if source.suffix == ".ckpt" else osg.load(source)
     result, report = run_transfer(src, osg.load(target), maps or ())
+    nothing = not report.matched
     if as_json:
-        output.emit_json(dict(report.to_dict(), written=None if dry_run or (strict and not report.complete) else str(out_path)))
+        refused = (strict and not report.complete) or nothing
+        output.emit_json(dict(report.to_dict(), written=None if dry_run or refused else str(out_path)))
     elif not quiet:
         t = output.table("parameter", "status", "from")
         for m in report.matched:
@@ -421,6 +423,14 @@ def transfer(
             "not every parameter matched: "
             f"{len(report.missing)} missing, {len(report.unexpected)} unexpected, {len(report.wrong_shape)} wrong shape; nothing written",
             "add --map OLD=NEW renames, or drop --strict to copy what matches",
+        )
+    if nothing:
+        # A copy that copies nothing is never what was meant: a wrong --from, or names that
+        # need --map. Writing the --to model unchanged would hide that.
+        raise CheckFailed(
+            f"nothing matched: none of the {len(report.missing) + len(report.wrong_shape)} parameters of {target} "
+            f"found one in {source} ({len(report.unexpected)} there unused); nothing written",
+            "check --from, or add --map OLD=NEW renames (onnxsurgeon params MODEL lists the names)",
         )
     if not dry_run:
         serde.save(result, out_path)  # type: ignore[arg-type]

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from onnxsurgeon import __version__, meta, serde
+from onnxsurgeon import __version__, checks, meta, serde
 from onnxsurgeon.composition.inline import Use, _Template
 from onnxsurgeon.composition.merge import at_opset, merged_functions, merged_ir_version, merged_opsets
 from onnxsurgeon.composition.piece import Piece, load_piece
@@ -49,6 +49,8 @@ class Network:
     :class:`~onnxsurgeon.errors.InputError`; :meth:`build` returns the model and a report."""
 
     def __init__(self, name: str = "network", *, seed: int = 0, base_dir: str | os.PathLike[str] | None = None) -> None:
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise InputError(f"the seed must be a non-negative integer, not {seed!r}", "use 0 or a positive seed")
         self.name = name
         self.seed = seed
         self.base_dir = base_dir
@@ -381,6 +383,7 @@ class Network:
         shared_names = sorted(p.name for p in params if p.state == "shared")
         meta.put(model, meta.SHARED, json.dumps(shared_names) if shared_names else None)
         meta.put(model, meta.COMPOSE, json.dumps({"pieces": {p.name: {"source": p.source, "sha256": p.sha256, "mode": p.mode, "uses": self._uses[p.name]} for p in used}}))
+        warnings += checks.check_result(model, "a network", [p.model for p in used])
         report = ComposeReport(
             inputs=tuple((v.name, str(v.type)) for v in self._inputs.values()),
             outputs=tuple((n, str(v.type)) for n, v in self._outputs),

@@ -118,6 +118,8 @@ class _Recipe:
         name = self.scalar("name", str, "network")
         if seed is None:
             seed = self.scalar("seed", int, 0)
+            if seed < 0:
+                raise ExprError(f"'seed' must be a non-negative integer, not {seed}", None, self.value_pos("seed"))
         net = Network(name, seed=seed, base_dir=self.base_dir)
         declared: dict[str, Pos] = {}
         for key, text in self.table("inputs").items():

@@ -5,6 +5,7 @@ activations over a builder.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -156,11 +157,15 @@ class Builder:
         if isinstance(a, Value) and isinstance(b, Value):
             if a.type.elem != b.type.elem:
                 raise InputError(f"cannot compute {a.shown} {op} {b.shown}: element types {a.type.dtype} and {b.type.dtype} differ")
+            _check_division(op, a, f"{a.shown} {op} {b.shown}")
             shape = broadcast(a.type, b.type)
             return self.node(onnx_op, [a.name, b.name], TensorType(a.type.elem, shape))
         tensor = a if isinstance(a, Value) else b
         assert isinstance(tensor, Value)
         number = b if tensor is a else a
+        text = f"{tensor.shown} {op} {number!r}" if tensor is a else f"{number!r} {op} {tensor.shown}"
+        _check_division(op, tensor, text)
+        _check_constant(number, tensor, text)
         const = self.constant(number, tensor.type.elem)
         inputs = [tensor.name, const] if tensor is a else [const, tensor.name]
         return self.node(onnx_op, inputs, tensor.type)
@@ -224,6 +229,50 @@ def _concat_shape(types: list[TensorType], axis: int) -> tuple[Dim, ...] | None:
             raise InputError(f"concat: dimension {k} does not line up: {', '.join(show_dim(d) for d in dims)}")
         out.append(known.pop() if known else None)
     return tuple(out)
+
+
+def _check_division(op: str, tensor: Value, text: str) -> None:
+    """``/`` on integers would truncate (ONNX Div on int64 is integer division): refused."""
+    if op == "/" and np.dtype(helper.tensor_dtype_to_np_dtype(tensor.type.elem)).kind in "iub":
+        raise InputError(
+            f"cannot compute {text}: {tensor.shown} is {tensor.type.dtype}, and dividing integers truncates "
+            "(7 / 2 would be 3)",
+            f"declare {tensor.shown} as a float type (e.g. float32) to divide it",
+        )
+
+
+def _check_constant(number: float, tensor: Value, text: str) -> None:
+    """A number in an expression becomes a constant of the other operand's element type. It
+    must survive that exactly (integers) or finitely and without vanishing (floats): no
+    ``x * 0.5`` on int64 turned into ``x * 0``, no ``x * 70000`` on float16 turned into inf."""
+    elem = tensor.type.elem
+    dtype = np.dtype(helper.tensor_dtype_to_np_dtype(elem))
+    name = tensor.type.dtype
+    why = None
+    if dtype.kind in "iu":
+        if isinstance(number, float) and not (math.isfinite(number) and number.is_integer()):
+            why = f"{number!r} is not an integer"
+        else:
+            info = np.iinfo(dtype)
+            if not info.min <= int(number) <= info.max:
+                why = f"{number!r} is outside {name}'s range [{info.min}, {info.max}]"
+    elif dtype.kind == "b":
+        why = "arithmetic on bool values is not defined"
+    elif elem in (onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE):
+        try:
+            with np.errstate(over="ignore", under="ignore"):
+                value = dtype.type(number)
+        except OverflowError:
+            value = dtype.type(np.inf)
+        if not np.isfinite(value):
+            why = f"{number!r} is beyond {name}'s largest value {np.finfo(dtype).max}" if not isinstance(number, float) or math.isfinite(number) else f"{number!r} is not finite"
+        elif value == 0 and number != 0:
+            why = f"{number!r} is below {name}'s smallest value and would become 0"
+    if why is not None:
+        raise InputError(
+            f"cannot compute {text}: the constant would be stored as {name} like {tensor.shown}, and {why}",
+            f"write a constant that {name} holds exactly, or declare {tensor.shown} as a wider or float type",
+        )
 
 
 def tensor_functions(builder: Builder) -> dict[str, Function]:

@@ -77,6 +77,8 @@ class TrainSettings:
             problems.append("--max-steps must be >= 0")
         if self.threads < 1:
             problems.append("--threads must be at least 1")
+        if self.seed < 0:
+            problems.append(f"--seed must be a non-negative integer, not {self.seed}")
         if (self.resume or self.checkpoint_every) and not self.checkpoint_dir:
             problems.append("--resume and --checkpoint-every need --checkpoint-dir DIR")
         if problems:
