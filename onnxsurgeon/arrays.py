@@ -22,15 +22,69 @@ def random_inputs(model: onnx.ModelProto, seed: int = 0, batch: int = 2) -> dict
     """Seeded random values for the graph inputs that have no default (initializer)."""
     rng = np.random.default_rng(seed)
     inits = {t.name for t in model.graph.initializer}
+    bounds = index_bounds(model.graph)
     feeds = {}
     for v in model.graph.input:
         if v.name in inits:
             continue
-        feeds[v.name] = _random_tensor(v, rng, batch)
+        feeds[v.name] = _random_tensor(v, rng, batch, bounds.get(v.name))
     return feeds
 
 
-def _random_tensor(v: onnx.ValueInfoProto, rng: np.random.Generator, batch: int) -> np.ndarray:
+# Ops that pass integer values through unchanged on their first input, so that an input
+# read through them still indexes what they feed.
+_PASS_THROUGH = {"Cast", "Unsqueeze", "Squeeze", "Reshape", "Flatten", "Identity", "Expand", "Transpose"}
+
+
+def index_bounds(graph: onnx.GraphProto) -> dict[str, int]:
+    """For graph inputs used as indices of a Gather (an embedding lookup: ``input_ids``,
+    ``token_type_ids``) whose table size is known: the size, the bound random indices must
+    stay below. A BERT model's ``token_type_ids`` index a table of 2 rows."""
+    inits = {t.name: t for t in graph.initializer}
+    types = {v.name: v.type for v in (*graph.input, *graph.value_info, *graph.output)}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for k, name in enumerate(node.input):
+            if name:
+                readers.setdefault(name, []).append(node)
+
+    def table_rows(node: onnx.NodeProto) -> int | None:
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        data = node.input[0]
+        if data in inits:
+            dims = list(inits[data].dims)
+        elif data in types and types[data].tensor_type.HasField("shape"):
+            dims = [d.dim_value if d.HasField("dim_value") else 0 for d in types[data].tensor_type.shape.dim]
+        else:
+            return None
+        if not -len(dims) <= axis < len(dims):
+            return None
+        rows = dims[axis]
+        return rows if rows > 0 else None
+
+    out: dict[str, int] = {}
+    for v in graph.input:
+        if v.name in inits:
+            continue
+        seen, todo, bound = {v.name}, [v.name], None
+        while todo:
+            name = todo.pop()
+            for node in readers.get(name, []):
+                if node.op_type in ("Gather", "GatherElements") and node.domain in ("", "ai.onnx") and len(node.input) > 1 and node.input[1] == name:
+                    rows = table_rows(node)
+                    if rows is not None:
+                        bound = rows if bound is None else min(bound, rows)
+                elif node.op_type in _PASS_THROUGH and node.input[0] == name:
+                    for o in node.output:
+                        if o and o not in seen:
+                            seen.add(o)
+                            todo.append(o)
+        if bound is not None:
+            out[v.name] = bound
+    return out
+
+
+def _random_tensor(v: onnx.ValueInfoProto, rng: np.random.Generator, batch: int, bound: int | None = None) -> np.ndarray:
     if v.type.WhichOneof("value") != "tensor_type":
         raise InputError(
             f"cannot make random data for input {v.name!r} (not a tensor)", "give real inputs with --data x.npz"
@@ -49,6 +103,8 @@ def _random_tensor(v: onnx.ValueInfoProto, rng: np.random.Generator, batch: int)
     if dtype == np.bool_:
         return rng.integers(0, 2, shape).astype(np.bool_)
     if np.issubdtype(dtype, np.integer):
+        if bound is not None:  # indices of a table: below its size
+            return rng.integers(0, bound, shape).astype(dtype)
         return rng.integers(1, 4, shape).astype(dtype)
     raise InputError(
         f"cannot make random data for input {v.name!r} of type {dtype}", "give real inputs with --data x.npz"

@@ -494,11 +494,12 @@ def _try_overrides(model: onnx.ModelProto, g: onnx.GraphProto, overridden: list[
     """Run the piece once on random inputs of the new types: onnx's shape inference does not
     check every operator's dimensions (Gemm's inner dimension, its bias), onnxruntime does.
     A piece that onnxruntime cannot even load is left to the other checks."""
-    from onnxsurgeon import compare, runtime
+    from onnxsurgeon import runtime
+    from onnxsurgeon.arrays import random_inputs
 
     probe = _probe(model, g)
     try:
-        feeds = compare.random_inputs(probe, batch=1)
+        feeds = random_inputs(probe, batch=1)
         sess = runtime.session(probe, optimize=False)
     except Exception:  # onnxruntime missing, an op it lacks, random data impossible: not this check's business
         return

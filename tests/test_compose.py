@@ -526,3 +526,85 @@ def test_old_ir3_piece_is_converted_and_its_initializer_inputs_stay_parameters()
     out = run(model, x=v)
     np.testing.assert_allclose(out["a"], want)
     np.testing.assert_allclose(out["b"], want)
+
+
+# --- a dense head for a CNN backbone, images, lengths, copies (issue 12) ----------------------
+
+
+def test_cnn_backbone_gets_a_dense_head():
+    """flatten, reshape, global average/max pool and mean turn 4-D features into what dense
+    takes; each computes what numpy computes."""
+    net = Network()
+    net.input("image", "float32[N,3,4,5]")
+    net.output("flat", net.evaluate("flatten(image)"))
+    net.output("pooled", net.evaluate("flatten(global_average_pool(image))"))
+    net.output("peak", net.evaluate("global_max_pool(image)"))
+    net.output("rows", net.evaluate("reshape(image, shape='0,-1,5')"))
+    net.output("m", net.evaluate("mean(image, axis=2)"))
+    net.output("z", net.evaluate("dense(flatten(global_average_pool(image)), 7)"))
+    model, _ = net.build()
+    onnx.checker.check_model(model, full_check=True)
+    x = floats(2, 3, 4, 5)
+    out = run(model, image=x)
+    np.testing.assert_array_equal(out["flat"], x.reshape(2, 60))
+    np.testing.assert_allclose(out["pooled"], x.mean(axis=(2, 3)), rtol=1e-6)
+    np.testing.assert_array_equal(out["peak"], x.max(axis=(2, 3), keepdims=True))
+    np.testing.assert_array_equal(out["rows"], x.reshape(2, 12, 5))
+    np.testing.assert_allclose(out["m"], x.mean(axis=2, keepdims=True), rtol=1e-6)
+    assert out["z"].shape == (2, 7)
+    shapes = {o.name: [d.dim_value or d.dim_param for d in o.type.tensor_type.shape.dim] for o in model.graph.output}
+    assert shapes["flat"] == ["N", 60] and shapes["pooled"] == ["N", 3] and shapes["rows"] == ["N", 12, 5]
+
+
+def test_dense_on_4d_is_refused_with_a_hint():
+    net = Network()
+    net.input("image", "float32[N,3,8,8]")
+    with pytest.raises(osg.InputError, match=r"dense works on the last axis.*float32\[N,4,8,8\]") as e:
+        net.evaluate("dense(relu(conv(image, 4)), 10)")
+    assert "flatten(global_average_pool(x))" in e.value.hint
+
+
+def test_identity_init_for_a_1x1_conv_passes_images_through():
+    net = Network()
+    net.input("image", "float32[N,3,8,8]")
+    net.output("y", net.evaluate("conv(image, 3, 1, init='identity')"))
+    model, _ = net.build()
+    x = floats(2, 3, 8, 8)
+    np.testing.assert_array_equal(run(model, image=x)["y"], x)
+    with pytest.raises(osg.InputError, match=r"needs a 1x1 kernel and as many filters as input channels"):
+        net.evaluate("conv(image, 4, 1, init='identity')")
+
+
+def test_one_tower_on_query_and_document_of_different_lengths(tmp_path):
+    """DSSM with sequences: the tower's symbolic length T is the query's Tq in one use and
+    the document's Td in the other."""
+    from onnx import TensorProto
+
+    g = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Relu", ["h"], ["y"])], "tower",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "T", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "T", 4])],
+        [numpy_helper.from_array(floats(8, 4), "W")],
+    )
+    osg.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "tower.onnx")
+    net = Network()
+    p = net.piece(tmp_path / "tower.onnx", inputs=["x"], outputs=["y"], params="shared", name="tower")
+    net.output("q", net.apply(p, net.input("query", "float32[N,Tq,8]")))
+    net.output("d", net.apply(p, net.input("doc", "float32[N,Td,8]")))
+    model, _ = net.build()
+    shapes = {o.name: [d.dim_value or d.dim_param for d in o.type.tensor_type.shape.dim] for o in model.graph.output}
+    assert shapes == {"q": ["N", "Tq", 4], "d": ["N", "Td", 4]}
+    out = run(model, query=floats(2, 3, 8), doc=floats(2, 5, 8))
+    assert out["q"].shape == (2, 3, 4) and out["d"].shape == (2, 5, 4)
+    with pytest.raises(osg.InputError, match="dimension 0 is 'B' where 'N' is expected"):  # batches still line up
+        net.apply(p, net.input("other", "float32[B,T,8]"))
+
+
+def test_a_learnable_piece_used_twice_says_it_makes_two_copies():
+    net = Network()
+    x = net.input("x", "float32[N,40]")
+    p = net.piece(CLASSIFIER, inputs=["features"], outputs=["logits"])
+    net.output("a", net.apply(p, x))
+    net.output("b", net.apply(p, x))
+    _, report = net.build()
+    assert any("used 2 times" in w and "its own copy" in w and "--params shared" in w for w in report.warnings), report.warnings

@@ -237,3 +237,27 @@ def test_a_piece_the_checker_refuses_is_a_bug_not_a_file(fixture_path, monkeypat
     out = tmp_path / "p.onnx"
     assert main(["extract", str(fixture_path("bn_dropout.onnx")), "--in", "image", "--out", "logits", "--params", "constant", "-o", str(out)]) == 4
     assert not out.exists()
+
+
+def test_verify_draws_indices_below_the_table_they_index(tmp_path):
+    """BERT-style inputs: token_type_ids index a table of 2 rows, input_ids one of 50 (through
+    a Cast). verify's random data stays inside both, so it checks instead of failing (issue 12)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["input_ids"], ["ids32"], to=TensorProto.INT32),
+         helper.make_node("Gather", ["word", "ids32"], ["w"]),
+         helper.make_node("Gather", ["type", "token_type_ids"], ["t"]),
+         helper.make_node("Add", ["w", "t"], ["e"]), helper.make_node("Relu", ["e"], ["y"])],
+        "bertish",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["N", "T"]),
+         helper.make_tensor_value_info("token_type_ids", TensorProto.INT64, ["N", "T"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "T", 8])],
+        [numpy_helper.from_array(rng.standard_normal((50, 8)).astype(np.float32), "word"),
+         numpy_helper.from_array(rng.standard_normal((2, 8)).astype(np.float32), "type")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    piece, _ = osg.extract(model, inputs=["input_ids", "token_type_ids"], outputs=["e"])
+    for seed in range(5):
+        assert osg.verify(model, piece, seed=seed).ok

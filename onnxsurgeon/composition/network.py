@@ -178,6 +178,11 @@ class Network:
         """A new fully connected layer ``x @ W + b`` on the last axis: W Glorot-uniform (or
         ``init="identity"`` / ``"zeros"``), b zeros."""
         x = _tensor(x, "x", "the input of dense")
+        if x.type.rank is not None and x.type.rank >= 4:
+            raise ArgumentError(
+                "x", f"dense works on the last axis, and {x.shown} is {x.type}: it would make a dense layer per position",
+                f"flatten it first, dense(flatten(x), {units}), or pool it: dense(flatten(global_average_pool(x)), {units})",
+            )
         k = _last_dim(x, "dense")
         if not isinstance(units, int) or units < 1:
             raise ArgumentError("units", f"dense needs a positive number of units, not {units!r}")
@@ -215,7 +220,7 @@ class Network:
                 raise ArgumentError(k, f"conv needs positive sizes, not {n!r}")
         c = x.type.shape[1]  # type: ignore[index]
         scope = self._b.scope(name, "conv", "a convolution layer")
-        array = _init(init, (filters, c, kernel, kernel), c * kernel * kernel, filters * kernel * kernel, self._rng(scope), x.type.elem)
+        array = _init(init, (filters, c, kernel, kernel), c * kernel * kernel, filters * kernel * kernel, self._rng(scope), x.type.elem, square=True)
         w = self._param(scope, "W", array, scope)
         b = self._param(scope, "b", np.zeros(filters, _np(x.type.elem)), scope)
         n, _, h, wd = x.type.shape  # type: ignore[misc]
@@ -259,6 +264,26 @@ class Network:
     def concat(self, *xs: Value | Record, axis: int = -1) -> Value:
         """Values joined along an axis (default the last)."""
         return self._b.concat(tuple(_tensor(x, k, "concat") for k, x in enumerate(xs)), axis)
+
+    def flatten(self, x: Value | Record) -> Value:
+        """``x[N, ...]`` as ``[N, rest]``."""
+        return self._b.flatten(_tensor(x, "x", "flatten"))
+
+    def reshape(self, x: Value | Record, shape: str) -> Value:
+        """``x`` in a new shape: ``"0,-1"`` (0 keeps an axis, -1 takes the rest)."""
+        return self._b.reshape(_tensor(x, "x", "reshape"), shape)
+
+    def mean(self, x: Value | Record, axis: int = -1) -> Value:
+        """The mean along an axis (default the last), kept as size 1."""
+        return self._b.mean(_tensor(x, "x", "mean"), axis)
+
+    def global_average_pool(self, x: Value | Record) -> Value:
+        """The mean over every spatial axis: ``[N,C,H,W]`` -> ``[N,C,1,1]``."""
+        return self._b.global_pool(_tensor(x, "x", "global_average_pool"), "average")
+
+    def global_max_pool(self, x: Value | Record) -> Value:
+        """The maximum over every spatial axis: ``[N,C,H,W]`` -> ``[N,C,1,1]``."""
+        return self._b.global_pool(_tensor(x, "x", "global_max_pool"), "max")
 
     def cosine(self, a: Value | Record, b: Value | Record) -> Value:
         """Cosine similarity of a and b along the last axis (kept, size 1)."""
@@ -362,6 +387,12 @@ class Network:
             raise InputError("the network has no outputs", "add one with net.output(NAME, value) or an [outputs] table")
         used = [p for name, p in self._pieces.items() if self._uses[name]]
         warnings = [f"piece {name!r} is declared but never used" for name, uses in self._uses.items() if not uses]
+        warnings += [
+            f"learnable piece {name!r} is used {len(uses)} times ({', '.join(uses)}): each use gets its own copy of its "
+            "parameters, trained apart; to share one set extract it with --params shared, or compute the use once as a "
+            "value and read that value in several outputs"
+            for name, uses in self._uses.items() if len(uses) > 1 and self._pieces[name].mode == "learnable"
+        ]
         target = max([MIN_OPSET] + [p.opset for p in used]) if used else DEFAULT_OPSET
         models = {p.name: at_opset(p, target) for p in used}
         self._b.finish_names(self._preferred)
@@ -498,9 +529,12 @@ def _init(kind: str, shape: tuple[int, ...], fan_in: int, fan_out: int, rng: np.
     if kind == "zeros":
         return np.zeros(shape, _np(elem))
     if kind == "identity":
-        if not square or shape[0] != shape[1]:
-            raise ArgumentError("init", f"init='identity' needs a square weight, and this one is {list(shape)}")
-        return np.eye(shape[0], dtype=_np(elem))
+        # a dense [k,k] weight, or a conv weight [C,C,1,1] (a 1x1 convolution that passes
+        # every channel through: FDLR's input transform for images)
+        if not square or shape[0] != shape[1] or any(d != 1 for d in shape[2:]):
+            need = "a 1x1 kernel and as many filters as input channels" if len(shape) == 4 else "a square weight"
+            raise ArgumentError("init", f"init='identity' needs {need}, and this weight is {list(shape)}")
+        return np.eye(shape[0], dtype=_np(elem)).reshape(shape)
     limit = np.sqrt(6.0 / (fan_in + fan_out))
     return rng.uniform(-limit, limit, size=shape).astype(_np(elem))
 def _same_tensor(a: onnx.TensorProto, b: onnx.TensorProto) -> bool:

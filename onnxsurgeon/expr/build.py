@@ -180,6 +180,70 @@ class Builder:
         axes = self.constant(np.array([axis], dtype=np.int64), onnx.TensorProto.INT64, hint="axes")
         return self.node("ReduceSum", [x.name, axes], TensorType(x.type.elem, shape), keepdims=1)
 
+    def mean(self, x: Value, axis: int = -1) -> Value:
+        """The mean along one axis, kept as size 1: the sum divided by the axis's size (read
+        at run time, so a symbolic length works)."""
+        if x.type.elem not in _FLOAT_TYPES:
+            raise ArgumentError("x", f"mean needs a floating-point input, not {x.type}")
+        total = self.reduce_sum(x, axis)
+        shape = self.node("Shape", [x.name], TensorType(onnx.TensorProto.INT64, (x.type.rank,) if x.type.rank is not None else None), "shape")
+        index = self.constant(np.array(axis, dtype=np.int64), onnx.TensorProto.INT64, hint="axis")
+        size = self.node("Gather", [shape.name, index], TensorType(onnx.TensorProto.INT64, ()), "size")
+        count = self.node("Cast", [size.name], TensorType(x.type.elem, ()), "count", to=x.type.elem)
+        return self.node("Div", [total.name, count.name], total.type, "mean")
+
+    def flatten(self, x: Value) -> Value:
+        """``x[N, ...]`` as ``[N, rest]``: every axis after the first joined into one."""
+        shape = None
+        if x.type.shape is not None:
+            if len(x.type.shape) < 1:
+                raise ArgumentError("x", f"flatten needs a value with a first (batch) axis, not {x.type}")
+            rest = x.type.shape[1:]
+            joined = math.prod(rest) if all(isinstance(d, int) for d in rest) else None  # type: ignore[arg-type]
+            shape = (x.type.shape[0], joined)
+        return self.node("Flatten", [x.name], TensorType(x.type.elem, shape), axis=1)
+
+    def reshape(self, x: Value, shape: str) -> Value:
+        """``x`` in a new shape written as a string of sizes, ``"0,-1"`` or ``"-1,8,8"``: 0
+        keeps that axis's size, -1 (at most once) takes what is left (ONNX Reshape)."""
+        try:
+            dims = [int(d) for d in shape.replace("[", "").replace("]", "").split(",")]
+        except ValueError:
+            raise ArgumentError("shape", f"reshape needs a shape such as '0,-1' or '-1,8,8', not {shape!r}") from None
+        if not dims or any(d < -1 for d in dims) or dims.count(-1) > 1:
+            raise ArgumentError("shape", f"reshape: sizes are positive, 0 (keep) or one -1 (the rest), not {shape!r}")
+        out: list[Dim] = []
+        for k, d in enumerate(dims):
+            if d == 0:
+                if x.type.shape is None or k >= len(x.type.shape):
+                    raise ArgumentError("shape", f"reshape: 0 keeps axis {k}, which {x.shown} ({x.type}) does not have")
+                out.append(x.type.shape[k])
+            else:
+                out.append(None if d == -1 else d)
+        kept = {k for k, d in enumerate(dims) if d == 0}  # axes carried over, symbolic or not
+        rest = None if x.type.shape is None else [d for k, d in enumerate(x.type.shape) if k not in kept]
+        if rest is not None and all(isinstance(d, int) for d in rest):
+            total = math.prod(rest)  # type: ignore[arg-type]
+            known = math.prod(d for k, d in enumerate(out) if k not in kept and isinstance(d, int))
+            if -1 in dims:
+                if known == 0 or total % known:
+                    raise ArgumentError("shape", f"reshape: {x.shown} ({x.type}) has {total} values, which {shape!r} cannot hold")
+                out[dims.index(-1)] = total // known
+            elif known != total:
+                raise ArgumentError("shape", f"reshape: {x.shown} ({x.type}) has {total} values, {shape!r} holds {known}")
+        target = self.constant(np.array(dims, dtype=np.int64), onnx.TensorProto.INT64, hint="shape")
+        return self.node("Reshape", [x.name, target], TensorType(x.type.elem, tuple(out)))
+
+    def global_pool(self, x: Value, kind: str) -> Value:
+        """Global average or max pooling of ``x[N,C,...]``: ``[N,C,1,...]``."""
+        if x.type.elem not in _FLOAT_TYPES:
+            raise ArgumentError("x", f"global_{kind}_pool needs a floating-point input, not {x.type}")
+        if x.type.rank is not None and x.type.rank < 3:
+            raise ArgumentError("x", f"global_{kind}_pool needs [N,C,H,W] (or more spatial axes), not {x.type}")
+        shape = None if x.type.shape is None else x.type.shape[:2] + (1,) * (len(x.type.shape) - 2)
+        op = "GlobalAveragePool" if kind == "average" else "GlobalMaxPool"
+        return self.node(op, [x.name], TensorType(x.type.elem, shape))
+
     def softmax(self, x: Value, axis: int = -1, log: bool = False) -> Value:
         _check_axis(x, axis)
         return self.node("LogSoftmax" if log else "Softmax", [x.name], x.type, axis=axis)
@@ -306,4 +370,19 @@ def tensor_functions(builder: Builder) -> dict[str, Function]:
         "join values along an axis (default the last)", variadic="xs",
     )
     table["cosine"] = Function("cosine", (Param("a"), Param("b")), builder.cosine, "cosine similarity along the last axis")
+    table["mean"] = Function("mean", (V, axis), lambda x, axis: builder.mean(x, axis), "the mean along an axis (default the last), kept as size 1")
+    table["flatten"] = Function("flatten", (V,), builder.flatten, "[N, ...] as [N, rest]: every axis after the first joined")
+    table["reshape"] = Function(
+        "reshape", (V, Param("shape", "string", keyword_only=True)), builder.reshape,
+        "a new shape as a string of sizes: reshape(x, shape='0,-1') (0 keeps an axis, -1 takes the rest)",
+    )
+    table["global_average_pool"] = Function(
+        "global_average_pool", (V,), lambda x: builder.global_pool(x, "average"), "the mean over every spatial axis: [N,C,H,W] -> [N,C,1,1]"
+    )
+    table["global_max_pool"] = Function(
+        "global_max_pool", (V,), lambda x: builder.global_pool(x, "max"), "the maximum over every spatial axis: [N,C,H,W] -> [N,C,1,1]"
+    )
     return table
+
+
+_FLOAT_TYPES = (onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16)

@@ -153,7 +153,11 @@ def fit(arg: TensorType, expected: TensorType, what: str) -> dict[str, Dim]:
     """Check that a value of type ``arg`` can be fed where ``expected`` is declared.
 
     Returns how the symbols of ``expected`` are bound (``{"N": 4}`` where a symbolic
-    dimension receives a fixed size); raises an InputError saying which dims do not line up."""
+    dimension receives a fixed size, ``{"T": "Tq"}`` where it receives another symbol);
+    raises an InputError saying which dims do not line up. The first (batch) dimension is
+    the exception: a symbol there must meet the same symbol or a size, so that batches of
+    different names are not mixed; a symbolic length further in (a DSSM tower's ``T``) may
+    be another symbol in each use (the query's ``Tq``, the document's ``Td``)."""
     if arg.elem != expected.elem:
         raise InputError(f"{what} must be {expected}, got {arg} (element type {arg.dtype}, not {expected.dtype})")
     if arg.shape is None or expected.shape is None:
@@ -166,7 +170,7 @@ def fit(arg: TensorType, expected: TensorType, what: str) -> dict[str, Dim]:
         if y is None or x == y:
             ok = True
         elif isinstance(y, str):
-            ok = x is None or isinstance(x, int)
+            ok = x is None or isinstance(x, int) or (axis > 0 and isinstance(x, str))
             if ok and bound.setdefault(y, x) != x:
                 ok = False
         else:
