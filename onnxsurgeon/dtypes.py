@@ -33,6 +33,8 @@ _NAMES = {
     onnx.TensorProto.BFLOAT16: "bfloat16",
     onnx.TensorProto.DOUBLE: "float64",
 }
+# The floating-point element types (what losses, layers and gradients work in).
+FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
 _TYPE = re.compile(r"^(?P<dtype>[a-z]+[0-9]*)(?:\[(?P<dims>[^\[\]]*)\])?$")
 
 

@@ -226,6 +226,15 @@ def walk_back(index: GraphIndex, outputs: list[str], stop: set[str]) -> Walk:
     return w
 
 
+def downstream(graph: onnx.GraphProto, sources: set[str]) -> set[str]:
+    """Every value of the graph computed from one of ``sources`` (the sources included)."""
+    live = set(sources)
+    for node in graph.node:
+        if any(n in live for n in node_reads(node)):
+            live.update(o for o in node.output if o)
+    return live
+
+
 def upstream(model: onnx.ModelProto, outputs: list[onnx.ValueInfoProto], index: GraphIndex | None = None) -> onnx.ModelProto:
     """The model computing ``outputs`` with only the nodes and parameters they need; its
     inputs stay all the graph's, so the same feeds run it. Weights it does not need are

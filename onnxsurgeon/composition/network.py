@@ -19,6 +19,7 @@ from onnxsurgeon.composition.inline import Use, _Template
 from onnxsurgeon.composition.merge import at_opset, merged_functions, merged_ir_version, merged_opsets
 from onnxsurgeon.composition.piece import Piece, load_piece
 from onnxsurgeon.composition.report import ComposeReport, ParamSummary, PieceSummary, nbytes
+from onnxsurgeon.dtypes import FLOATS
 from onnxsurgeon.errors import InputError
 from onnxsurgeon.expr import (
     IDENTIFIER,
@@ -41,7 +42,6 @@ from onnxsurgeon.graph import default_opset
 MIN_OPSET = 13  # the operators new layers emit have this form from opset 13 on
 DEFAULT_OPSET = 17  # a network without pieces
 INITS = ("glorot_uniform", "identity", "zeros")
-_FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE)
 class Network:
     """A network under construction: inputs, pieces and their uses, new layers and outputs.
 
@@ -511,7 +511,7 @@ def _operand(x: Any) -> Any:
 
 
 def _last_dim(x: Value, what: str) -> int:
-    if x.type.elem not in _FLOATS:
+    if x.type.elem not in FLOATS:
         raise ArgumentError("x", f"{what} needs a floating-point input, not {x.type}")
     if not x.type.shape or not isinstance(x.type.shape[-1], int):
         raise ArgumentError("x", f"{what} needs the size of the last dimension of its input, and {x.shown} is {x.type}")

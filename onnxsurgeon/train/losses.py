@@ -37,6 +37,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from onnxsurgeon.dtypes import FLOATS
 from onnxsurgeon.errors import InputError
 from onnxsurgeon.expr import (
     ArgumentError,
@@ -52,10 +53,9 @@ from onnxsurgeon.expr import (
     parse,
     tensor_functions,
 )
-from onnxsurgeon.graph import GraphIndex, default_opset, node_reads
+from onnxsurgeon.graph import GraphIndex, default_opset, downstream
 from onnxsurgeon.names import Resolver, alias
 
-FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
 
 
 @dataclass(frozen=True)
@@ -356,15 +356,6 @@ def _drop(t: TensorType, axis: int) -> tuple | None:
         return None
     k = axis % len(t.shape) if t.shape else 0
     return t.shape[:k] + t.shape[k + 1 :]
-
-
-def downstream(graph: onnx.GraphProto, sources: set[str]) -> set[str]:
-    """Every value of the graph computed from one of `sources` (the sources included)."""
-    live = set(sources)
-    for node in graph.node:
-        if any(n in live for n in node_reads(node)):
-            live.update(o for o in node.output if o)
-    return live
 
 
 def compile_objective(

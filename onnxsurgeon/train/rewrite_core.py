@@ -11,10 +11,10 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from onnxsurgeon.dtypes import FLOATS
 from onnxsurgeon.expr import TensorType
 from onnxsurgeon.graph import node_reads
 
-FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
 
 
 class Unsupported(Exception):
