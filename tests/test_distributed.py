@@ -218,9 +218,16 @@ def test_batchnorm_statistics_are_the_share_weighted_mean_over_ranks(tmp_path):
 def test_ranks_that_differ_stop_every_rank_with_a_clear_error(files, tmp_path):
     other = mlp(seed=1)
     onnx.save(other, tmp_path / "other.onnx")
-    base = [*CLI, "train", "--data", str(files / "d.npz"), "--loss", "ce(z, labels)", "-o", str(tmp_path / "o.onnx")]
-    for rank1, what in (([str(tmp_path / "other.onnx")], "training graph"), ([str(files / "mlp.onnx"), "--lr", "0.5"], "optimizer.lr 0.5")):
-        command = [mpiexec(), "-n", "1", *base, str(files / "mlp.onnx"), ":", "-n", "1", *base, *rank1]
+    with np.load(files / "d.npz") as d:
+        np.savez(tmp_path / "d2.npz", x=d["x"][::-1], labels=d["labels"])
+    base = [*CLI, "train", "--loss", "ce(z, labels)", "-o", str(tmp_path / "o.onnx")]
+    data = ["--data", str(files / "d.npz")]
+    for rank1, what in (
+        ([str(tmp_path / "other.onnx"), *data], "training graph"),
+        ([str(files / "mlp.onnx"), *data, "--lr", "0.5"], "optimizer.lr 0.5"),
+        ([str(files / "mlp.onnx"), "--data", str(tmp_path / "d2.npz")], "data (first rows)"),
+    ):
+        command = [mpiexec(), "-n", "1", *base, str(files / "mlp.onnx"), *data, ":", "-n", "1", *base, *rank1]
         t0 = time.monotonic()
         proc = subprocess.run(command, capture_output=True, text=True, timeout=120, env=clean_env())
         assert proc.returncode == 2, proc.stderr

@@ -180,6 +180,8 @@ def train(
             "plan": compiled.plan.to_dict(), "objective": compiled.objective.to_dict(), "data": checked.to_dict(),
             "dry_run": True, "first_step_loss": step_loss,
         }
+        if not world.root:  # under mpiexec every rank checks; rank 0 reports
+            return
         if as_json:
             output.emit_json(report)
         elif not quiet:

@@ -405,14 +405,14 @@ def from_environment(environ: Mapping[str, str] = os.environ) -> World:
     return _current
 
 
-def fingerprint(settings: Any, graph_sha256: str, arrays: Mapping[str, np.ndarray], examples: int) -> dict[str, Any]:
-    """What every rank must have alike: the training graph, the settings and the data's
-    shapes, types and first rows."""
+def fingerprint(settings: Any, graph_sha256: str, first_rows: Mapping[str, np.ndarray], examples: int) -> dict[str, Any]:
+    """What every rank must have alike: the training graph, the settings, the number of
+    examples and the data's first rows (as the data set reads them: types and shapes too)."""
     digest = hashlib.sha256()
-    for name in sorted(arrays):
-        a = arrays[name]
+    for name in sorted(first_rows):
+        a = np.ascontiguousarray(first_rows[name])
         digest.update(f"{name}{a.dtype}{a.shape}".encode())
-        digest.update(np.ascontiguousarray(a[:16]).tobytes())
+        digest.update(a.tobytes())
     fields = dataclasses.asdict(settings) if dataclasses.is_dataclass(settings) else dict(settings)
     flat: dict[str, Any] = {}
 

@@ -224,7 +224,8 @@ def train(
         return compiled, train_set, val_set
 
     compiled, train_set, val_set = world.together(set_up)
-    world.agree(distributed.fingerprint(settings, compiled.sha256, train_set.arrays, train_set.examples))
+    first_rows = world.together(lambda: train_set.batch(np.arange(min(16, train_set.examples))))
+    world.agree(distributed.fingerprint(settings, compiled.sha256, first_rows, train_set.examples))
     with tempfile.TemporaryDirectory(prefix="onnxsurgeon-train-") as work:
         paths = world.together(lambda: artifacts.build(
             compiled.model, list(compiled.plan.trainable), list(compiled.plan.running_stats), work,
