@@ -17,7 +17,7 @@ import onnxsurgeon as osg
 from onnxsurgeon import meta, runtime, serde
 from onnxsurgeon.arrays import random_inputs
 from onnxsurgeon.composition import Network, PieceError, compose, load_piece
-from onnxsurgeon.composition.inline import _Template
+from onnxsurgeon.composition.inline import Template
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -354,7 +354,7 @@ def test_external_data_pieces_compose_and_save_inline(tmp_path):
 @pytest.mark.parametrize("mode", ["learnable", "shared"])
 def test_template_fast_path_equals_renaming_a_copy(mode):
     piece = load_piece(FIXTURES / "if_outer.onnx", inputs=["x", "cond"], outputs=["out"], params=mode)
-    template = _Template(piece.model, mode)
+    template = Template(piece.model, mode)
     for prefix in ("a/", "tower_12/", "ünïcödé/", "x" * 200 + "/"):
         assert template.expand(prefix) == template._slow(prefix)
     assert all(parts is not None for parts in template._parts.values())
@@ -368,7 +368,7 @@ def test_template_falls_back_when_the_marker_occurs_in_the_data():
     data = bytearray(numpy_helper.to_array(t).tobytes())
     data[8:8 + len(marker)] = marker
     t.raw_data = bytes(data)
-    template = _Template(piece, "learnable")
+    template = Template(piece, "learnable")
     assert template.expand("abcd/") == template._slow("abcd/")
     assert template._parts[5] is None
 

@@ -11,7 +11,7 @@ import onnx
 from onnxsurgeon.graph import rename_values, subgraphs
 
 
-class _Template:
+class Template:
     """The nodes (and, unless shared, the parameters) of a piece, ready to be inlined many times.
 
     ``expand(prefix)`` returns the serialized graph fragment of one use: every value defined

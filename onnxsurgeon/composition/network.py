@@ -15,7 +15,7 @@ import onnx
 from onnx import helper
 
 from onnxsurgeon import __version__, checks, meta, serde
-from onnxsurgeon.composition.inline import Use, _Template
+from onnxsurgeon.composition.inline import Template, Use
 from onnxsurgeon.composition.merge import at_opset, merged_functions, merged_ir_version, merged_opsets
 from onnxsurgeon.composition.piece import Piece, load_piece
 from onnxsurgeon.composition.report import ComposeReport, ParamSummary, PieceSummary, nbytes
@@ -430,7 +430,7 @@ class Network:
     def _node_bytes(self, models: Mapping[str, onnx.ModelProto]) -> bytes:
         """The serialized nodes (and per-use parameters) in order: builder nodes as they are,
         each use expanded from its piece's template."""
-        templates = {name: _Template(m, self._pieces[name].mode) for name, m in models.items()}
+        templates = {name: Template(m, self._pieces[name].mode) for name, m in models.items()}
         chunks: list[bytes] = []
         pending = onnx.GraphProto()
         for segment in self._b.segments:
