@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from onnxsurgeon import dtypes
 from onnxsurgeon.errors import InputError
 from onnxsurgeon.expr.evaluator import Function, Param, is_number
 from onnxsurgeon.expr.syntax import ArgumentError, fold
@@ -183,7 +184,7 @@ class Builder:
     def mean(self, x: Value, axis: int = -1) -> Value:
         """The mean along one axis, kept as size 1: the sum divided by the axis's size (read
         at run time, so a symbolic length works)."""
-        if x.type.elem not in _FLOAT_TYPES:
+        if x.type.elem not in dtypes.FLOATS:
             raise ArgumentError("x", f"mean needs a floating-point input, not {x.type}")
         total = self.reduce_sum(x, axis)
         shape = self.node("Shape", [x.name], TensorType(onnx.TensorProto.INT64, (x.type.rank,) if x.type.rank is not None else None), "shape")
@@ -236,7 +237,7 @@ class Builder:
 
     def global_pool(self, x: Value, kind: str) -> Value:
         """Global average or max pooling of ``x[N,C,...]``: ``[N,C,1,...]``."""
-        if x.type.elem not in _FLOAT_TYPES:
+        if x.type.elem not in dtypes.FLOATS:
             raise ArgumentError("x", f"global_{kind}_pool needs a floating-point input, not {x.type}")
         if x.type.rank is not None and x.type.rank < 3:
             raise ArgumentError("x", f"global_{kind}_pool needs [N,C,H,W] (or more spatial axes), not {x.type}")
@@ -384,5 +385,3 @@ def tensor_functions(builder: Builder) -> dict[str, Function]:
     )
     return table
 
-
-_FLOAT_TYPES = (onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16)
