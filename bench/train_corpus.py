@@ -80,7 +80,7 @@ CASES = [
     Case("pypi/silero_vad_16k_op15", "silero-vad-6.2.3/silero_vad_16k_op15.onnx", "output",
          shapes={"input": ("N", 512), "state": (2, "N", 128)}, fixed={"sr": np.array(16000, np.int64)}, batch_axis={"state": 1}),
     Case("pypi/magika", "magika-0.5.1/model.onnx", "model_target_label_BiasAdd_0"),
-    Case("pypi/rapidocr_det", "rapidocr-onnxruntime-1.4.4/ch_PP-OCRv4_det_infer.onnx", "sigmoid_0_tmp_0", n=2,
+    Case("pypi/rapidocr_det", "rapidocr-onnxruntime-1.4.4/ch_PP-OCRv4_det_infer.onnx", "p2o_Add_281", n=2,
          shapes={"x": ("N", 3, 64, 64)}),
     Case("pypi/rapidocr_rec", "rapidocr-onnxruntime-1.4.4/ch_PP-OCRv4_rec_infer.onnx", "softmax_11_tmp_0", n=2,
          shapes={"x": ("N", 3, 48, 320)}),

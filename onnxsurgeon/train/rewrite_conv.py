@@ -1,0 +1,70 @@
+"""ConvTranspose written as a Conv for training: onnxruntime-training 1.19 builds a
+``ConvTransposeGrad`` node for it, which has no CPU kernel (the training session cannot be
+built; seen on paddle2onnx's text detector and PyTorch U-Nets).
+
+ConvTranspose(x, W) with strides s, pads (b, e), dilations d, output_padding o and groups g
+is the Conv, stride 1, of x with s - 1 zeros inserted between its elements along each
+spatial axis, by W with input and output channels swapped (per group) and its spatial
+axes reversed, padded by d (k - 1) - b in front and d (k - 1) - e + o behind. Every op
+used (Unsqueeze, Pad, Reshape, Slice with step 1, Transpose, Gather, Conv) has a gradient
+with a CPU kernel.
+"""
+
+from __future__ import annotations
+
+import onnx
+
+from onnxsurgeon.train.rewrite_core import Builder, Context, Unsupported, attrs_of, text
+
+
+def _spread(b: Builder, x: str, rank: int, axis: int, s: int) -> str:
+    """`x` with s - 1 zeros between consecutive elements along `axis` (none after the last)."""
+    perm = list(range(rank))
+    if axis != rank - 1:
+        perm[axis], perm[-1] = perm[-1], perm[axis]
+        x = b.op("Transpose", x, perm=perm)
+    grown = b.op("Unsqueeze", x, b.ints([rank]))  # [..., L, 1]
+    padded = b.op("Pad", grown, b.ints([0] * (rank + 1) + [0] * rank + [s - 1]))  # [..., L, s]
+    merged = b.op("Reshape", padded, b.ints([0] * (rank - 1) + [-1]))  # [..., L * s]
+    cut = b.op("Slice", merged, b.ints([0]), b.ints([-(s - 1)]), b.ints([rank - 1]))  # [..., (L - 1) s + 1]
+    return b.op("Transpose", cut, perm=perm) if axis != rank - 1 else cut
+
+
+def conv_transpose(node: onnx.NodeProto, cx: Context) -> list[onnx.NodeProto]:
+    a = attrs_of(node)
+    if text(a.get("auto_pad", "NOTSET")) not in ("NOTSET", ""):
+        raise Unsupported(f"auto_pad {text(a['auto_pad'])} (explicit pads only)")
+    if "output_shape" in a:
+        raise Unsupported("output_shape is given (explicit pads only)")
+    x, w = node.input[0], node.input[1]
+    bias = node.input[2] if len(node.input) > 2 else ""
+    wshape = cx.static(w)
+    if wshape is None:
+        raise Unsupported(f"the shape of its weight {w!r} is not known")
+    spatial = len(wshape) - 2
+    cin, cout_g, kernel = wshape[0], wshape[1], list(wshape[2:])
+    g = int(a.get("group", 1))
+    strides = list(a.get("strides", [1] * spatial))
+    dil = list(a.get("dilations", [1] * spatial))
+    pads = list(a.get("pads", [0] * 2 * spatial))
+    extra = list(a.get("output_padding", [0] * spatial))
+    front = [dil[i] * (kernel[i] - 1) - pads[i] for i in range(spatial)]
+    back = [dil[i] * (kernel[i] - 1) - pads[spatial + i] + extra[i] for i in range(spatial)]
+    if min(front + back) < 0:
+        raise Unsupported("its pads exceed the kernel's reach")
+    b = Builder(node, cx)
+    rank = spatial + 2
+    for i, s in enumerate(strides):
+        if s > 1:
+            x = _spread(b, x, rank, 2 + i, int(s))
+    # W [Cin, Cout/g, *k] -> [Cout, Cin/g, *k] (per group), spatial axes reversed
+    grouped = b.op("Reshape", w, b.ints([g, cin // g, cout_g, *kernel]))
+    swapped = b.op("Transpose", grouped, perm=[0, 2, 1, *range(3, rank + 1)])
+    kernel_w = b.op("Reshape", swapped, b.ints([g * cout_g, cin // g, *kernel]))
+    for i, k in enumerate(kernel):
+        if k > 1:
+            kernel_w = b.op("Gather", kernel_w, b.ints(list(range(k - 1, -1, -1))), axis=2 + i)
+    inputs = [x, kernel_w] + ([bias] if bias else [])
+    b.op("Conv", *inputs, out=node.output[0], group=g, dilations=dil, strides=[1] * spatial, pads=front + back,
+         kernel_shape=kernel)
+    return b.nodes

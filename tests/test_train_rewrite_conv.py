@@ -1,0 +1,89 @@
+"""ConvTranspose trains as a Conv (onnxruntime 1.19 has no CPU kernel for ConvTransposeGrad):
+same values as onnxruntime's ConvTranspose, and one SGD step moves the kernel and the bias by
+the learning rate times the gradient measured by central differences of the original model
+(the loss is quadratic in them, so central differences are exact up to rounding)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxsurgeon import runtime
+from onnxsurgeon.train.loop import TrainSettings, train
+from onnxsurgeon.train.optim import OptimizerSettings
+from onnxsurgeon.train.prepare import prepare
+
+RNG = np.random.default_rng(11)
+LR = 0.01
+
+CASES = {  # name: (x shape, kernel shape, attributes, bias)
+    "2d_stride2_pads_output_padding": ((2, 2, 3, 4), (2, 3, 3, 3), {"strides": [2, 2], "pads": [1, 0, 1, 1], "output_padding": [1, 0]}, True),
+    "2d_groups_dilation": ((2, 4, 3, 3), (4, 1, 2, 2), {"group": 2, "dilations": [2, 1]}, False),
+    "1d_stride3": ((2, 3, 4), (3, 2, 2), {"strides": [3]}, True),
+    "2d_paddle_upsample": ((2, 2, 3, 3), (2, 2, 2, 2), {"strides": [2, 2]}, False),
+}
+
+
+def model_of(x_shape, k_shape, attrs, bias):
+    cout = k_shape[1] * attrs.get("group", 1)
+    inits = {"K": RNG.standard_normal(k_shape).astype(np.float32)}
+    inputs = ["x", "K"]
+    if bias:
+        inits["B"] = RNG.standard_normal(cout).astype(np.float32)
+        inputs.append("B")
+    node = helper.make_node("ConvTranspose", inputs, ["y"], name="up", **attrs)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *x_shape[1:]])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), inits
+
+
+def with_params(model: onnx.ModelProto, values: dict[str, np.ndarray]) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for t in out.graph.initializer:
+        if t.name in values:
+            t.CopyFrom(numpy_helper.from_array(values[t.name].astype(np.float32), t.name))
+    return out
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_conv_transpose_trains_as_a_conv(case):
+    x_shape, k_shape, attrs, bias = CASES[case]
+    model, inits = model_of(x_shape, k_shape, attrs, bias)
+    x = RNG.standard_normal(x_shape).astype(np.float32)
+    prepared, prep = prepare(model, set())
+    assert "ConvTranspose" not in {n.op_type for n in prepared.graph.node}
+    want = runtime.run(runtime.session(model), {"x": x})[0]
+    got = runtime.run(runtime.session(prepared), {"x": x})[0]
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+    t = RNG.standard_normal(want.shape).astype(np.float32)
+    trained, report = train(model, {"x": x, "t": t}, TrainSettings(
+        loss="mse(y, t)", optimizer=OptimizerSettings("sgd", lr=LR), batch_size=len(x), shuffle=False))
+    assert set(report.plan.trainable) == set(inits)
+    assert [n.op_type for n in trained.graph.node] == ["ConvTranspose"]  # the written model keeps its op
+    after = {t.name: numpy_helper.to_array(t) for t in trained.graph.initializer}
+
+    def loss(values):
+        y = runtime.run(runtime.session(with_params(model, values)), {"x": x})[0].astype(np.float64)
+        return float(((y - t) ** 2).reshape(len(x), -1).mean(-1).mean())
+
+    for name, w in inits.items():
+        grad = np.zeros(w.shape)
+        for i in np.ndindex(w.shape):
+            plus, minus = w.astype(np.float64).copy(), w.astype(np.float64).copy()
+            plus[i] += 0.5
+            minus[i] -= 0.5
+            grad[i] = (loss({**inits, name: plus}) - loss({**inits, name: minus})) / 1.0
+        step = (w.astype(np.float64) - after[name]) / LR
+        np.testing.assert_allclose(step, grad, rtol=1e-3, atol=1e-4)
+
+
+def test_conv_transpose_with_output_shape_is_refused_with_the_reason():
+    model, _ = model_of((2, 2, 3, 3), (2, 2, 2, 2), {"strides": [2, 2], "output_shape": [6, 6]}, False)
+    _, prep = prepare(model, set())
+    assert dict(prep.not_rewritten).get("up", "").startswith("output_shape")
