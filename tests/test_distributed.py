@@ -326,3 +326,19 @@ def test_a_rank_that_stops_answering_ends_the_job_after_the_timeout(files, tmp_p
     assert proc.returncode != 0
     assert "rank 0 of 2 waited more than 3 s for the other ranks" in err
     assert checkpoint.newest_intact(ck)[1] == []
+
+
+@needs_mpi
+def test_ctrl_c_stops_every_rank_at_the_same_step_with_a_checkpoint(files, tmp_path):
+    proc, ck, args = _start_long_run(files, tmp_path, f"int-{os.getpid()}")
+    proc.send_signal(signal.SIGINT)  # mpiexec passes Ctrl-C on to every rank
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("the job did not end within 60 s of Ctrl-C")
+    assert proc.returncode == 130, err
+    assert err.count("interrupted at step") == 1  # rank 0 alone reports
+    step = int(err.split("interrupted at step ")[1].split(";")[0])
+    assert checkpoint.newest_intact(ck)[0].step == step
+    assert not (tmp_path / "o.onnx").exists()

@@ -14,6 +14,8 @@ Nothing heavy is imported here. The modules, in the order a run uses them:
 - :mod:`~onnxsurgeon.train.optim` optimizers (torch semantics) and learning-rate schedules;
 - :mod:`~onnxsurgeon.train.checkpoint` atomic, checked checkpoint files;
 - :mod:`~onnxsurgeon.train.loop` the run: :func:`~onnxsurgeon.train.loop.train`;
+- :mod:`~onnxsurgeon.train.distributed` the ranks of a run under MPI (mpiexec, srun), or
+  one process; it imports mpi4py only under a launcher (see docs/scale.md);
 - :mod:`~onnxsurgeon.train.weights` writing values back, reading them from checkpoints;
 - :mod:`~onnxsurgeon.train.evaluate` ``eval`` and ``run``; :mod:`~onnxsurgeon.train.transfer`.
 """
