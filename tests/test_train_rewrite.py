@@ -723,3 +723,33 @@ def test_corpus_loop_counted_by_a_fixed_input_unrolls_to_its_data_dependent_ifs(
     feeds = {"x": x, "n": np.array(2)}
     np.testing.assert_allclose(runtime.session(prepared).run(None, feeds)[0], runtime.session(model).run(None, feeds)[0], rtol=1e-6)
     assert all("computed from values not known before training" in why for _, why in prep.not_rewritten)
+
+
+def test_weights_of_a_branch_an_input_decides_are_trained_and_written_back_into_the_branch():
+    """silero-vad keeps one network per sample rate in the branches of an If on `sr`, its
+    weights in Constant nodes: with `sr` fed whole the If folds, the weights of the branch
+    taken are lifted to parameters, and trained values go back into that branch."""
+    def branch(name, scale):
+        w = (RNG.standard_normal(5) * scale).astype(np.float32)
+        nodes = [helper.make_node("Constant", [], [f"{name}.w"], value=numpy_helper.from_array(w)),
+                 helper.make_node("Mul", ["x", f"{name}.w"], [f"{name}.y"])]
+        return helper.make_graph(nodes, name, [], [helper.make_tensor_value_info(f"{name}.y", TensorProto.FLOAT, None)]), w
+
+    (then, w16), (other, _) = branch("sr16k", 1.0), branch("sr8k", 2.0)
+    graph = helper.make_graph(
+        [helper.make_node("Equal", ["sr", "k16"], ["is16"]),
+         helper.make_node("If", ["is16"], ["y"], then_branch=then, else_branch=other, name="per_rate")],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5]), helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])], [numpy_helper.from_array(np.array(16000, np.int64), "k16")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    prepared, prep = prepare(model, set(), {"sr": np.array(16000)})
+    assert "If" not in {n.op_type for n in prepared.graph.node}
+    assert prep.lifted == ("sr16k.w",)
+    np.testing.assert_array_equal(serde.to_array(next(t for t in prepared.graph.initializer if t.name == "sr16k.w")), w16)
+    from onnxsurgeon.train import weights
+
+    written = weights.write_back(model, {"sr16k.w": np.full(5, 3.0, np.float32)})
+    y = runtime.session(written).run(None, {"x": X2, "sr": np.array(16000)})[0]
+    np.testing.assert_array_equal(y, X2 * 3)
+    assert runtime.session(written).run(None, {"x": X2, "sr": np.array(8000)})[0].tobytes() == \
+        runtime.session(model).run(None, {"x": X2, "sr": np.array(8000)})[0].tobytes()

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from onnxsurgeon.expr import TensorType
 from onnxsurgeon.graph import captured, rename_values
@@ -22,19 +22,40 @@ MAX_UNROLLED_NODES = 20_000
 
 def _inline(b: Builder, graph: onnx.GraphProto, bound: Mapping[str, str], tag: str) -> tuple[list[str], dict[str, onnx.NodeProto]]:
     """The nodes of a subgraph added to `b` with fresh names (its inputs bound to outer
-    values, its initializers as Constants); returns the outer names of its outputs and the
-    added nodes by output."""
+    values); returns the outer names of its outputs and the added nodes by output.
+
+    Its constants (initializers and Constant nodes without inputs) are added once per
+    subgraph, shared by every iteration of an unrolled loop (a weight in a loop body is one
+    weight), under their own names where those are free: a weight lifted to a parameter is
+    then written back by its name (:mod:`onnxsurgeon.train.lift`)."""
     mapping = dict(bound)
+    hoisted = b.cx.hoisted.setdefault(id(graph), {})
     for t in graph.initializer:
-        name = b.cx.fresh(f"{b.label}/{tag}{t.name}")
-        mapping[t.name] = name
-        b.nodes.append(helper.make_node("Constant", [], [name], name=name, value=t))
+        if t.name not in hoisted:
+            hoisted[t.name] = name = b.cx.fresh(t.name)
+            b.nodes.append(helper.make_node("Constant", [], [name], name=name, value=t))
+            _remember(b.cx, name, t)
+        mapping[t.name] = hoisted[t.name]
+    body = []
     for node in graph.node:
+        if node.op_type == "Constant" and not node.input and node.domain in ("", "ai.onnx") and len(node.output) == 1:
+            if node.output[0] not in hoisted:
+                hoisted[node.output[0]] = name = b.cx.fresh(node.output[0])
+                copy = onnx.NodeProto()
+                copy.CopyFrom(node)
+                copy.output[0] = name
+                copy.name = b.cx.fresh(f"{b.label}/{node.name or name}")
+                b.nodes.append(copy)
+                if copy.attribute and copy.attribute[0].name == "value":
+                    _remember(b.cx, name, copy.attribute[0].t)
+            mapping[node.output[0]] = hoisted[node.output[0]]
+            continue
+        body.append(node)
         for o in node.output:
             if o:
                 mapping[o] = b.cx.fresh(f"{b.label}/{tag}{o}")
     local: dict[str, onnx.NodeProto] = {}
-    for node in graph.node:
+    for node in body:
         copy = onnx.NodeProto()
         copy.CopyFrom(node)
         copy.name = b.cx.fresh(f"{b.label}/{tag}{node.name or node.op_type}")
@@ -53,6 +74,13 @@ def _inline(b: Builder, graph: onnx.GraphProto, bound: Mapping[str, str], tag: s
         if t is not None and vi.name in mapping:
             b.cx.types.setdefault(mapping[vi.name], t)
     return [mapping.get(o.name, o.name) for o in graph.output], local
+
+
+def _remember(cx: Context, name: str, tensor: onnx.TensorProto) -> None:
+    """A constant that may decide a condition (not a weight, which may train once lifted)."""
+    value = numpy_helper.to_array(tensor)
+    if value.dtype.kind not in "fc" or value.size <= 1:
+        cx.evaluated[name] = value
 
 
 def _graph_attr(node: onnx.NodeProto, name: str) -> onnx.GraphProto:

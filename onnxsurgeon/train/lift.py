@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from onnxsurgeon.graph import node_reads
+from onnxsurgeon.graph import node_reads, subgraphs
 
 # Ops whose value is not a function of their inputs.
 _RANDOM = frozenset("RandomNormal RandomUniform RandomNormalLike RandomUniformLike Multinomial Bernoulli Dropout".split())
@@ -167,3 +167,27 @@ def write_back(model: onnx.ModelProto, /, values: Mapping[str, np.ndarray]) -> N
             replacement.doc_string = node.doc_string
         node.CopyFrom(replacement)
     _drop_unread_constants(graph, read_before)
+    # Weights of an If branch folded for training (onnxsurgeon.train.control) go back into
+    # the branch: the Constant node of that name.
+    for node in graph.node:
+        for g in subgraphs(node):
+            _write_constants(g, values)
+
+
+def _write_constants(graph: onnx.GraphProto, values: Mapping[str, np.ndarray]) -> None:
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output and node.output[0] in values:
+            value = next(a for a in node.attribute if a.name == "value")
+            value.t.CopyFrom(numpy_helper.from_array(np.asarray(values[node.output[0]], np.float32)))
+        for g in subgraphs(node):
+            _write_constants(g, values)
+
+
+def constant_outputs(graph: onnx.GraphProto) -> set[str]:
+    """Names of the Constant nodes of the subgraphs of `graph` (at any depth)."""
+    found: set[str] = set()
+    for node in graph.node:
+        for g in subgraphs(node):
+            found.update(n.output[0] for n in g.node if n.op_type == "Constant" and n.output)
+            found |= constant_outputs(g)
+    return found

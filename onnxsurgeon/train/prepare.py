@@ -200,13 +200,6 @@ def prepare(
         graph.input.extend(keep)
         changes.append(f"{len(listed)} initializers no longer listed as graph inputs (IR 3)")
         out.ir_version = max(out.ir_version, 4)
-    lifted = lift.lift(out)
-    if lifted:
-        changes.append(
-            f"{len(lifted)} weights held in Constant nodes or computed from constants only made parameters "
-            f"(written back into the model where they were): {_few(lifted, 5)}"
-        )
-        inits = {t.name: t for t in graph.initializer}
     taken = {n for node in graph.node for n in (*node.input, *node.output)} | set(inits) | {v.name for v in graph.input}
 
     def fresh(base: str) -> str:
@@ -217,8 +210,19 @@ def prepare(
         taken.add(name)
         return name
 
+    # If/Loop/Scan first: weights in a folded branch are then lifted like any other.
+    folded, not_folded = rewrite.fold_control(out, candidates(out, frozen, ()), default_opset(out), fresh, fixed)
+    lifted = lift.lift(out)
+    if lifted:
+        changes.append(
+            f"{len(lifted)} weights held in Constant nodes or computed from constants only made parameters "
+            f"(written back into the model where they were): {_few(lifted, 5)}"
+        )
+        inits = {t.name: t for t in graph.initializer}
     types = value_types(out)
     rewritten, not_rewritten = rewrite.rewrite_graph(out, candidates(out, frozen, ()), types, default_opset(out), fresh, fixed)
+    rewritten = {**folded, **rewritten}
+    not_rewritten = {**not_folded, **not_rewritten}
     if rewritten:
         types = value_types(out)
     consumed = {n for node in graph.node for n in node_reads(node)}

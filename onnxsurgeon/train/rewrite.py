@@ -447,29 +447,45 @@ REWRITES: dict[str, Callable[[onnx.NodeProto, Context], list[onnx.NodeProto] | N
 # ---------------------------------------------------------------- the pass
 
 
+def fold_control(
+    model: onnx.ModelProto, /, candidates: set[str], opset: int, fresh: Callable[[str], str],
+    fixed: Mapping[str, np.ndarray] | None = None,
+) -> tuple[dict[str, int], dict[str, str]]:
+    """Fold, in place, the If nodes of `model`'s main graph whose condition is known before
+    training (wherever they are: folding is exact, and weights held in a branch become
+    values of the main graph that :mod:`onnxsurgeon.train.lift` can make parameters), and
+    unroll the Loop and Scan nodes that parameters in `candidates` reach and whose length is
+    known (:mod:`onnxsurgeon.train.control`). Returns the count per op and, for nodes that
+    could not be, the reason by node label. Runs before the other rewrites, which then see
+    the nodes brought in from bodies."""
+    done: dict[str, int] = {}
+    why: dict[str, str] = {}
+    if not any(n.op_type in CONTROL and n.domain in ("", "ai.onnx") for n in model.graph.node):
+        return done, why
+    from onnxsurgeon.train.losses import value_types
+
+    cx = Context(value_types(model), known_values(model, fixed or {}), opset, fresh, model, trains=set(candidates))
+    _pass(model, cx, CONTROL, done, why, always=frozenset({"If"}))
+    return done, why
+
+
 def rewrite_graph(
     model: onnx.ModelProto, /, candidates: set[str], types: dict[str, TensorType], opset: int,
     fresh: Callable[[str], str], fixed: Mapping[str, np.ndarray] | None = None,
 ) -> tuple[dict[str, int], dict[str, str]]:
     """Rewrite, in place, the nodes of `model`'s main graph that parameters in `candidates`
-    reach and whose op is in :data:`CONTROL` or :data:`REWRITES`. Returns the count per op
-    rewritten and, for nodes that could not be, the reason by node label.
-
-    Control flow goes first (an If folded or a Loop unrolled brings its body's nodes into the
-    main graph); the types are then inferred again, and the other ops rewritten."""
-    known = known_values(model, fixed or {})
-    cx = Context(types, known, opset, fresh, model, trains=set(candidates))
+    reach and whose op is in :data:`REWRITES`. Returns the count per op rewritten and, for
+    nodes that could not be, the reason by node label."""
+    cx = Context(types, known_values(model, fixed or {}), opset, fresh, model, trains=set(candidates))
     done: dict[str, int] = {}
     why: dict[str, str] = {}
-    if _pass(model, cx, CONTROL, done, why):
-        from onnxsurgeon.train.losses import value_types
-
-        cx.types = value_types(model)
     _pass(model, cx, REWRITES, done, why)
     return done, why
 
 
-def _pass(model: onnx.ModelProto, cx: Context, table: dict, done: dict[str, int], why: dict[str, str]) -> bool:
+def _pass(
+    model: onnx.ModelProto, cx: Context, table: dict, done: dict[str, int], why: dict[str, str], always: frozenset = frozenset()
+) -> bool:
     graph = model.graph
     reached = set(cx.trains)
     out: list[onnx.NodeProto] = []
@@ -479,11 +495,12 @@ def _pass(model: onnx.ModelProto, cx: Context, table: dict, done: dict[str, int]
     while work:
         node = work.pop()
         hit = any(n in reached for n in node_reads(node))
-        if hit and node.domain in ("", "ai.onnx") and node.op_type in table:
+        if (hit or node.op_type in always) and node.domain in ("", "ai.onnx") and node.op_type in table:
             try:
                 new = table[node.op_type](node, cx)
             except Unsupported as e:
-                why[node.name or node.output[0]] = str(e)
+                if hit:
+                    why[node.name or node.output[0]] = str(e)
             else:
                 if new is not None:
                     why.pop(node.name or node.output[0], None)

@@ -32,6 +32,7 @@ class Context:
     model: onnx.ModelProto  # for evaluating values from known ones
     trains: set[str] = field(default_factory=set)  # parameters that may train: not known for deciding a branch
     unrolled: list[int] = field(default_factory=lambda: [0])  # nodes added by unrolling so far
+    hoisted: dict[int, dict[str, str]] = field(default_factory=dict)  # subgraph -> its constants' names outside
     evaluated: dict[str, np.ndarray] = field(default_factory=dict)
     producers: dict[str, onnx.NodeProto] = field(default_factory=dict)
 

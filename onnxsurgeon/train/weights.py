@@ -36,6 +36,10 @@ def write_back(
     out.CopyFrom(model)
     inits = {t.name: t for t in out.graph.initializer}
     produced = {o for node in out.graph.node for o in node.output[:1]}
+    if any(n not in inits and n not in produced for n in values):  # weights of a folded If branch
+        from onnxsurgeon.train import lift
+
+        produced |= lift.constant_outputs(out.graph)
     unknown = [n for n in values if n not in inits and n not in produced]
     if unknown:
         raise InputError(f"no initializer named {', '.join(repr(n) for n in unknown)} in the model")
