@@ -172,7 +172,7 @@ def extract(
             t = types.get(name) or index.type_of(name)
             return t.tensor_type.elem_type or None if t is not None and t.HasField("tensor_type") else None
 
-        folded, removed, more = modes.freeze(g, rank_of, set(out_values), elem_of)
+        folded, removed, more = modes.freeze(g, rank_of, set(out_values), elem_of, piece.functions)
         warnings += more
 
     out_names = _name_ports(g, in_ports, out_specs, out_res, stop | walk.params)

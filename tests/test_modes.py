@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 
 import onnxsurgeon as osg
-from onnxsurgeon import meta, runtime
+from onnxsurgeon import meta, modes, runtime
 
 
 def run(model, feeds):
@@ -101,3 +101,94 @@ def test_constant_folds_a_mixed_precision_batchnorm_in_the_input_type(tmp_path):
     (want,) = run(model, {"x": x})
     (got,) = run(piece, {"x": x})
     assert got.dtype == np.float16 and np.allclose(got.astype(np.float32), want.astype(np.float32), rtol=1e-2, atol=1e-2)
+
+
+# BatchNorm in training mode and Dropout inside If branches, Loop bodies and local functions:
+# the constant piece and the inference view both compute the inference semantics there too.
+NESTED = """
+    <ir_version: 8, opset_import: ["" : 17, "local" : 1]>
+    g (float[N,3,2] x) => (float[N,3,2] y, bool[N,3,2] m, float[N,3,2] z, float[N,3,2] w)
+      <float[3] sc = {1.5, 2.0, 0.5}, float[3] bi = {0.1, -0.2, 0.3}, float[3] mu = {0.5, -1.0, 2.0},
+       float[3] va = {4.0, 0.25, 1.0}, float ratio = {0.5}, bool training = {1}, float zero = {0.0},
+       int64 two = {2}, bool yes = {1}> {
+        s = ReduceSum <keepdims = 0> (x)
+        c = Greater (s, zero)
+        y, m = If (c) <
+            then_branch = t () => (float[N,3,2] ty, bool[N,3,2] tm) {
+                b, rm, rv = BatchNormalization <training_mode = 1> (x, sc, bi, mu, va)
+                sh = Add (rm, rv)
+                b2 = Add (b, zero)
+                ty, tm = Dropout (b2, ratio, training)
+            },
+            else_branch = e () => (float[N,3,2] ey, bool[N,3,2] em) {
+                ey, em = Dropout (x, ratio, training)
+            }>
+        z = local.BnDrop (x, sc, bi, mu, va)
+        w = Loop (two, yes, x) <body = body (int64 i, bool cond, float[N,3,2] acc) => (bool cout, float[N,3,2] next) {
+            cout = Identity (cond)
+            d = Dropout (acc, ratio, training)
+            next, lm, lv = BatchNormalization <training_mode = 1> (d, sc, bi, mu, va)
+        }>
+    }
+    <domain: "local", opset_import: ["" : 17]>
+    BnDrop (a, s, b, mean, var) => (o) {
+        r = Constant <value = float {0.5}> ()
+        t = Constant <value = bool {1}> ()
+        n, fm, fv = BatchNormalization <training_mode = 1> (a, s, b, mean, var)
+        o = Dropout (n, r, t)
+    }
+"""
+
+
+def _inference_bn(x, k=1):
+    sc, bi, mu, va = (np.array(v, np.float32).reshape(1, 3, 1) for v in
+                      ([1.5, 2.0, 0.5], [0.1, -0.2, 0.3], [0.5, -1.0, 2.0], [4.0, 0.25, 1.0]))
+    for _ in range(k):
+        x = (x - mu) / np.sqrt(va + 1e-5) * sc + bi
+    return x
+
+
+def test_constant_is_inference_form_inside_branches_loops_and_functions():
+    model = onnx.parser.parse_model(NESTED)
+    onnx.checker.check_model(model, full_check=True)
+    piece, report = osg.extract(model, inputs=["x"], outputs=["y", "m", "z", "w"], params="constant")
+    onnx.checker.check_model(piece, full_check=True)
+
+    def nested_ops(nodes):
+        for n in nodes:
+            yield n.op_type, n
+            for a in n.attribute:
+                for g in ([a.g] if a.HasField("g") else list(a.graphs)):
+                    yield from nested_ops(g.node)
+
+    branch_ops = [op for op, _ in nested_ops(piece.graph.node)]
+    assert "Dropout" not in branch_ops and "BatchNormalization" not in branch_ops  # folded: constants in reach
+    fn = [n for f in piece.functions for n in f.node]
+    assert "Dropout" not in {n.op_type for n in fn}
+    (bn,) = [n for n in fn if n.op_type == "BatchNormalization"]  # function inputs: the inference-mode op
+    assert not any(a.name == "training_mode" for a in bn.attribute) and len(bn.output) == 1
+    assert len(report.removed_dropouts) == 4 and len(report.folded_batchnorms) == 2
+    x = np.random.default_rng(0).standard_normal((2, 3, 2)).astype(np.float32) + 1  # sum > 0: then branch
+    for feed in (x, -x):
+        y, m, z, w = run(piece, {"x": feed})
+        want_y = _inference_bn(feed) if feed.sum() > 0 else feed
+        np.testing.assert_allclose(y, want_y, rtol=1e-5, atol=1e-6)
+        assert m.dtype == bool and m.all()
+        np.testing.assert_allclose(z, _inference_bn(feed), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(w, _inference_bn(feed, 2), rtol=1e-5, atol=1e-6)
+    for seed in (0, 1):  # random data of either sign reaches both branches
+        result = osg.verify(model, piece, seed=seed)
+        assert result.ok, result.to_dict()
+
+
+def test_inference_view_turns_off_training_inside_branches_and_functions():
+    model = onnx.parser.parse_model(NESTED)
+    view = modes.inference_view(model)
+    onnx.checker.check_model(view, full_check=True)
+    x = np.random.default_rng(2).standard_normal((2, 3, 2)).astype(np.float32) + 1
+    y, m, z, w = run(view, {"x": x})
+    np.testing.assert_allclose(y, _inference_bn(x), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(z, _inference_bn(x), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(w, _inference_bn(x, 2), rtol=1e-5, atol=1e-6)
+    assert m.all()
+    assert model.SerializeToString() == onnx.parser.parse_model(NESTED).SerializeToString()  # input untouched

@@ -274,9 +274,6 @@ def test_generator_covers_every_construct():
     assert captured > 0
 
 
-@pytest.mark.xfail(strict=True, reason="constant mode folds BatchNormalization and removes Dropout in the top-level graph "
-                   "only (modes.freeze, modes.inference_view): a training-mode Dropout in an If branch or a local "
-                   "function stays, so the constant piece is random (and verify reports a mismatch)")
 def test_constant_piece_is_in_inference_form_inside_branches_and_functions():
     model = onnx.parser.parse_model("""
         <ir_version: 8, opset_import: ["" : 17, "local" : 1]>
