@@ -114,6 +114,9 @@ FACTS = {  # op: (node, x shape, y shape, initializers, opset)
     "HardSwish": (helper.make_node("HardSwish", ["h"], ["y"]), [3, 5], ["N", 5], {}, 15),
     "Mish": (helper.make_node("Mish", ["h"], ["y"]), [3, 5], ["N", 5], {}, 18),
     "ThresholdedRelu": (helper.make_node("ThresholdedRelu", ["h"], ["y"]), [3, 5], ["N", 5], {}, 15),
+    "DepthToSpace": (helper.make_node("DepthToSpace", ["h"], ["y"], blocksize=2), [3, 8, 2, 2], ["N", 2, 4, 4], {}, 15),
+    "SpaceToDepth": (helper.make_node("SpaceToDepth", ["h"], ["y"], blocksize=2), [3, 2, 4, 4], ["N", 8, 2, 2], {}, 15),
+    "CumSum": (helper.make_node("CumSum", ["h", "ax"], ["y"]), [3, 5], ["N", 5], {"ax": np.array(1, np.int64)}, 15),
 }
 
 
@@ -226,6 +229,41 @@ def test_global_max_pool():
 def test_activations(op, attrs, f):
     model = one_op([helper.make_node(op, ["h"], ["y"], name="act", **attrs)], [3, 5], ["N", 5], opset=18)
     check(model, f, X2, op)
+
+
+def _depth_to_space(h, bs, mode):
+    n, c, hh, ww = h.shape
+    if mode == "DCR":
+        return h.reshape(n, bs, bs, c // bs**2, hh, ww).transpose(0, 3, 4, 1, 5, 2).reshape(n, c // bs**2, hh * bs, ww * bs)
+    return h.reshape(n, c // bs**2, bs, bs, hh, ww).transpose(0, 1, 4, 2, 5, 3).reshape(n, c // bs**2, hh * bs, ww * bs)
+
+
+@pytest.mark.parametrize("op, mode", [("DepthToSpace", "DCR"), ("DepthToSpace", "CRD"), ("SpaceToDepth", None)])
+def test_depth_and_space(op, mode):
+    x = RNG.standard_normal((3, 8, 2, 4) if op == "DepthToSpace" else (3, 2, 4, 4)).astype(np.float32)
+    attrs = {"mode": mode} if mode else {}
+    y_shape = ["N", 2, 4, 8] if op == "DepthToSpace" else ["N", 8, 2, 2]
+    model = one_op([helper.make_node(op, ["h"], ["y"], blocksize=2, name="ds", **attrs)], list(x.shape), y_shape)
+    if op == "DepthToSpace":
+        f = lambda h: _depth_to_space(h, 2, mode)  # noqa: E731
+    else:
+        f = lambda h: h.reshape(3, 2, 2, 2, 2, 2).transpose(0, 3, 5, 1, 2, 4).reshape(3, 8, 2, 2)  # noqa: E731
+    check(model, f, x, op, exact=True)
+
+
+@pytest.mark.parametrize("axis, exclusive, reverse", [(1, 0, 0), (-1, 1, 0), (1, 0, 1), (2, 1, 1)])
+def test_cumsum(axis, exclusive, reverse):
+    model = one_op([helper.make_node("CumSum", ["h", "axis"], ["y"], exclusive=exclusive, reverse=reverse, name="cs")],
+                   [3, 2, 4, 4], ["N", 2, 4, 4], {"axis": np.array(axis, np.int64)})
+
+    def ref(h):
+        v = np.flip(h, axis) if reverse else h
+        c = np.cumsum(v, axis)
+        if exclusive:
+            c = c - v
+        return np.flip(c, axis) if reverse else c
+
+    check(model, ref, X4, "CumSum")
 
 
 # ---------------------------------------------------------------- Resize

@@ -159,6 +159,69 @@ def activation(node: onnx.NodeProto, cx: Context) -> list[onnx.NodeProto]:
     return b.nodes
 
 
+# ---------------------------------------------------------------- DepthToSpace, SpaceToDepth, CumSum
+
+
+def _static_dims(x: str, cx: Context, rank: int, what: str) -> list[int]:
+    t = cx.types.get(x)
+    if t is None or t.shape is None or len(t.shape) != rank or not all(isinstance(d, int) for d in t.shape[1:]):
+        raise Unsupported(f"the sizes of its input {x!r} beyond the first axis are not known before the run ({what})")
+    return list(t.shape)
+
+
+def depth_space(node: onnx.NodeProto, cx: Context) -> list[onnx.NodeProto]:
+    """DepthToSpace (DCR or CRD) and SpaceToDepth -> Reshape, Transpose, Reshape."""
+    a = attrs_of(node)
+    bs = int(a["blocksize"])
+    x, y = node.input[0], node.output[0]
+    _, c, h, w = _static_dims(x, cx, 4, node.op_type)
+    b = Builder(node, cx)
+    if node.op_type == "SpaceToDepth":
+        six = b.op("Reshape", x, b.ints([0, c, h // bs, bs, w // bs, bs]))
+        moved = b.op("Transpose", six, perm=[0, 3, 5, 1, 2, 4])
+        b.op("Reshape", moved, b.ints([0, c * bs * bs, h // bs, w // bs]), out=y)
+    elif text(a.get("mode", "DCR")) == "CRD":
+        six = b.op("Reshape", x, b.ints([0, c // (bs * bs), bs, bs, h, w]))
+        moved = b.op("Transpose", six, perm=[0, 1, 4, 2, 5, 3])
+        b.op("Reshape", moved, b.ints([0, c // (bs * bs), h * bs, w * bs]), out=y)
+    else:
+        six = b.op("Reshape", x, b.ints([0, bs, bs, c // (bs * bs), h, w]))
+        moved = b.op("Transpose", six, perm=[0, 3, 4, 1, 5, 2])
+        b.op("Reshape", moved, b.ints([0, c // (bs * bs), h * bs, w * bs]), out=y)
+    return b.nodes
+
+
+def cumsum(node: onnx.NodeProto, cx: Context) -> list[onnx.NodeProto]:
+    """CumSum along an axis of known length -> MatMul by a fixed triangular matrix
+    (exclusive and reverse as the attributes say)."""
+    a = attrs_of(node)
+    x = node.input[0]
+    axis_value = known_value(node.input[1], cx)
+    if axis_value is None:
+        raise Unsupported(f"its axis {node.input[1]!r} is computed while the model runs")
+    t = cx.types.get(x)
+    if t is None or t.shape is None:
+        raise Unsupported(f"the rank of its input {x!r} is not known")
+    rank = len(t.shape)
+    axis = int(np.asarray(axis_value).reshape(-1)[0]) % rank
+    n = t.shape[axis]
+    if not isinstance(n, int):
+        raise Unsupported(f"the length of its input {x!r} along axis {axis} is not known before the run")
+    i, j = np.indices((n, n))
+    keep = (j >= i) if a.get("reverse", 0) else (j <= i)  # out[i] sums in[j]
+    if a.get("exclusive", 0):
+        keep &= i != j
+    m = keep.astype(np.float64)  # [out, in]
+    b = Builder(node, cx)
+    if axis == rank - 1:
+        b.op("MatMul", x, b.const(m.T), out=node.output[0])
+    else:
+        perm = [d for d in range(rank) if d != axis] + [axis]
+        moved = b.op("MatMul", b.op("Transpose", x, perm=perm), b.const(m.T))
+        b.op("Transpose", moved, out=node.output[0], perm=[int(p) for p in np.argsort(perm)])
+    return b.nodes
+
+
 # ---------------------------------------------------------------- Resize
 
 
@@ -431,6 +494,9 @@ REWRITES: dict[str, Callable[[onnx.NodeProto, Context], list[onnx.NodeProto] | N
     "ReduceLogSum": reduce_sum_of,
     "GlobalMaxPool": global_max_pool,
     "HardSwish": activation,
+    "DepthToSpace": depth_space,
+    "SpaceToDepth": depth_space,
+    "CumSum": cumsum,
     "Mish": activation,
     "ThresholdedRelu": activation,
     "Resize": resize,
