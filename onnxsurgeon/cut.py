@@ -17,7 +17,7 @@ from typing import Any
 
 import onnx
 
-from onnxsurgeon import checks, dtypes, meta, modes, serde
+from onnxsurgeon import checks, dtypes, infer, meta, modes, serde
 from onnxsurgeon.errors import InputError
 from onnxsurgeon.graph import GraphIndex, Walk, empty_model, rename_values, subgraphs, walk_back
 from onnxsurgeon.names import Resolved, Resolver
@@ -422,7 +422,19 @@ def _nested_names(g: onnx.GraphProto) -> dict[str, str]:
 
 
 def _infer_types(model: onnx.ModelProto, index: GraphIndex, names: list[str]) -> dict[str, onnx.TypeProto]:
-    """Types of values the model does not annotate, by shape inference on what computes them."""
+    """Types of values the model does not annotate, by shape inference on what computes them:
+    onnx's, node by node and once per distinct node (see infer.py), and where that cannot
+    stand for it, on the whole of what computes them."""
+    found = infer.infer_types(model, index, names)
+    rest = [n for n, t in found.items() if t is infer.UNKNOWN]
+    out = {n: t for n, t in found.items() if isinstance(t, onnx.TypeProto)}
+    if rest:
+        out.update(_infer_cone(model, index, rest))
+    return out
+
+
+def _infer_cone(model: onnx.ModelProto, index: GraphIndex, names: list[str]) -> dict[str, onnx.TypeProto]:
+    """Types of values by shape inference on the part of the graph that computes them."""
     w = walk_back(index, names, set())
     g = onnx.GraphProto(name="infer")
     g.node.extend(index.nodes[i] for i in sorted(w.keep))
@@ -534,6 +546,10 @@ def _infer_piece(
         del g.value_info[:]
         for o in g.output:
             o.type.Clear()
+    else:
+        fast = _infer_piece_by_node(model, g, wanted)
+        if fast is not None:
+            return fast
     try:
         inferred = onnx.shape_inference.infer_shapes(_probe(model, g), strict_mode=bool(overridden), data_prop=True)
     except Exception as e:  # onnx reports shape errors as several exception types
@@ -552,6 +568,34 @@ def _infer_piece(
     if wanted - found.keys():
         found.update((v.name, v.type) for v in inferred.graph.value_info if v.name in wanted)
     return {k: t for k, t in found.items() if k in wanted and t.WhichOneof("value") is not None}
+
+
+def _infer_piece_by_node(model: onnx.ModelProto, g: onnx.GraphProto, wanted: set[str]) -> dict[str, onnx.TypeProto] | None:
+    """What :func:`_infer_piece` finds without a type override, from the node-by-node pass
+    (infer.py): the same types, and the same value_info added, in the same order (that of
+    the nodes' outputs). None where the pass cannot stand for inference on the piece."""
+    nodes = list(g.node)
+    recorded = {v.name for v in g.value_info}
+    # inference merges recorded types with what it infers; the pass does not
+    typed_outputs = {o.name for o in g.output if o.type.WhichOneof("value") is not None}
+    declared = recorded | typed_outputs
+    inits = {t.name: t for t in g.initializer}
+    p = infer.TypePass(model, nodes, inits, {v.name: v for v in g.input if v.name not in inits}, declared)
+    p.run(len(nodes))
+    found = {}
+    for name in wanted:
+        t = p.type_of(name)
+        if t is infer.UNKNOWN:
+            return None
+        if t is not None and t.WhichOneof("value") is not None:
+            found[name] = t
+    if not recorded:  # as _infer_piece: the piece keeps what inference learnt of inner values
+        # every typed value but the typed graph outputs, untyped graph outputs too
+        entries = p.value_info_bytes(o for n in nodes for o in n.output if o and o not in typed_outputs)
+        if entries is None:
+            return None
+        g.MergeFromString(entries)
+    return found
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")

@@ -46,14 +46,18 @@ _GRAPH, _GRAPHS = onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS
 
 def node_reads(node: onnx.NodeProto) -> list[str]:
     """Every value a node reads: its inputs and what its subgraphs capture from outside."""
-    reads = [n for n in node.input if n]
-    for attr in node.attribute:
-        kind = attr.type
-        if kind == _GRAPH:
-            reads.extend(captured(attr.g))
-        elif kind == _GRAPHS:
-            for g in attr.graphs:
-                reads.extend(captured(g))
+    reads = list(node.input)
+    if "" in reads:  # omitted optional inputs
+        reads = [n for n in reads if n]
+    attrs = node.attribute
+    if attrs:
+        for attr in attrs:
+            kind = attr.type
+            if kind == _GRAPH:
+                reads.extend(captured(attr.g))
+            elif kind == _GRAPHS:
+                for g in attr.graphs:
+                    reads.extend(captured(g))
     return reads
 
 

@@ -11,19 +11,33 @@ from typing import Any
 
 import onnx
 
-from onnxsurgeon import dtypes, meta, serde
+from onnxsurgeon import dtypes, infer, meta, serde
 from onnxsurgeon.errors import InputError
 from onnxsurgeon.graph import GraphIndex, subgraphs
 from onnxsurgeon.names import alias
 
 
-def _types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
+def _types(model: onnx.ModelProto, index: GraphIndex | None = None) -> dict[str, onnx.TypeProto]:
     """Known types of all values, inferring shapes where the model does not record them."""
-    index = GraphIndex(model.graph)
+    index = index or GraphIndex(model.graph)
     types = {n: vi.type for n, vi in index.value_info.items() if vi.type.WhichOneof("value")}
     types.update((n, index.type_of(n)) for n in index.initializers)
-    if all(o in types for n in index.nodes for o in n.output if o):
+    missing = [o for n in index.nodes for o in n.output if o and o not in types]
+    if not missing:
         return types
+    # node by node, once per distinct node (infer.py); recorded types are merged with the
+    # inferred ones by whole-graph inference, which that pass does not do
+    found = infer.TypePass(model, index.nodes, index.initializers, index.inputs, declared=index.value_info)
+    found.run(len(index.nodes))
+    inferred = {o: found.type_of(o) for o in missing}
+    if not any(t is infer.UNKNOWN for t in inferred.values()):
+        types.update((o, t) for o, t in inferred.items() if t is not None)
+        return types
+    return _infer_whole(model, types)
+
+
+def _infer_whole(model: onnx.ModelProto, types: dict[str, onnx.TypeProto]) -> dict[str, onnx.TypeProto]:
+    """``types`` completed by onnx's shape inference over the whole model."""
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     for t in serde.iter_model_tensors(probe):

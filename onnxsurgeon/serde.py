@@ -469,10 +469,7 @@ def save(model: onnx.ModelProto, path: str | os.PathLike[str], external_data: bo
     if external_data is None:
         external_data = weight_bytes(model) > INLINE_LIMIT
     if not external_data:
-        others = itertools.islice(iter_model_tensors(model), len(model.graph.initializer), None)
-        if any(is_external(t) for t in others):
-            model = materialize(model)  # rare: external tensors outside the initializers
-        return [write_atomically(path, lambda f: wire.write_streaming(model, f, is_external, read_external, lambda t: external_span(t)[2]))]
+        return [write_atomically(path, lambda f: _write_inline(model, f))]
     data_path = path.with_name(path.name + ".data")
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -487,6 +484,22 @@ def save(model: onnx.ModelProto, path: str | os.PathLike[str], external_data: bo
         _commit(data_tmp, data_path)
     _commit(model_tmp, path)
     return [data_path, path]
+
+
+def _write_inline(model: onnx.ModelProto, f: BinaryIO) -> None:
+    """Write a model with every weight inline, streaming those of external initializers."""
+    if not any(is_external(t) for t in model.graph.initializer):
+        data = model.SerializeToString()
+        # no tensor refers to external data without naming its location: where the bytes
+        # do not hold that word, looking at every tensor of every node would find nothing
+        if b"location" not in data:
+            f.write(data)
+            return
+        del data
+    others = itertools.islice(iter_model_tensors(model), len(model.graph.initializer), None)
+    if any(is_external(t) for t in others):
+        model = materialize(model)  # rare: external tensors outside the initializers
+    wire.write_streaming(model, f, is_external, read_external, lambda t: external_span(t)[2])
 
 
 def _write_external(model: onnx.ModelProto, f: BinaryIO, location: str, save_id: str) -> None:

@@ -1,0 +1,161 @@
+"""The node-by-node type pass (infer.py) gives exactly what onnx's shape inference on the
+whole graph gives, wherever it gives a type, on real exports, the property graphs and a
+deep synthetic encoder; and it does type most values of ordinary exports."""
+
+from __future__ import annotations
+
+import random
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+
+import onnxsurgeon as osg
+from onnxsurgeon import cut, infer, inspection
+from onnxsurgeon.graph import GraphIndex
+from tests import graphgen
+from tests.corpus import corpus_models
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+import synth  # noqa: E402
+
+MODELS = corpus_models()
+
+
+def _untyped(model: onnx.ModelProto) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    del out.graph.value_info[:]
+    return out
+
+
+def _same(a: onnx.TypeProto | None, b: onnx.TypeProto | None) -> bool:
+    return (a.SerializeToString() if a is not None else None) == (b.SerializeToString() if b is not None else None)
+
+
+def _compare_cut_typing(model: onnx.ModelProto) -> tuple[int, int]:
+    """Compare the pass with inference on the cone (what extract ran before) for every
+    node output; return (values the pass typed, values)."""
+    index = GraphIndex(model.graph)
+    names = [o for n in index.nodes for o in n.output if o]
+    whole = cut._infer_cone(model, index, names)
+    found = infer.infer_types(model, index, names)
+    typed = 0
+    for name in names:
+        t = found[name]
+        if t is infer.UNKNOWN:
+            continue
+        typed += 1
+        assert _same(t, whole.get(name)), (name, t, whole.get(name))
+    return typed, len(names)
+
+
+def _compare_nodes_typing(model: onnx.ModelProto) -> None:
+    index = GraphIndex(model.graph)
+    declared = {n: vi.type for n, vi in index.value_info.items() if vi.type.WhichOneof("value")}
+    declared.update((n, index.type_of(n)) for n in index.initializers)
+    whole = inspection._infer_whole(model, dict(declared))
+    fast = inspection._types(model, index)
+    assert fast.keys() == whole.keys()
+    for name in whole:
+        assert _same(fast[name], whole[name]), name
+
+
+@pytest.mark.parametrize("model_id,path", MODELS, ids=[i for i, _ in MODELS])
+def test_pass_types_like_whole_graph_inference_on_the_corpus(model_id, path):
+    model = osg.load(path)
+    for m in (_untyped(model), model):
+        _compare_cut_typing(m)
+        _compare_nodes_typing(m)
+
+
+def test_pass_types_like_whole_graph_inference_on_property_graphs():
+    for seed in range(40):
+        model = graphgen.build(random.Random(seed)).model
+        for m in (_untyped(model), model):
+            _compare_cut_typing(m)
+            _compare_nodes_typing(m)
+
+
+@pytest.mark.parametrize("layernorm", ["primitive", "fused"])
+def test_pass_types_every_value_of_an_untyped_encoder(layernorm):
+    model = synth.make_transformer(1500, layernorm=layernorm)
+    typed, total = _compare_cut_typing(model)
+    assert typed == total  # no generated dims here: nothing is left to whole-graph inference
+    _compare_nodes_typing(model)
+
+
+def test_pass_types_most_values_of_real_exports():
+    """The pass is not a no-op that always defers: on plain exports it types most values."""
+    ids = dict(MODELS)
+    for model_id in ("torch/mlp_ts", "torch/cnn_ts_eval", "torch/lstm_ts", "onnx/light_resnet50"):
+        if model_id in ids:
+            typed, total = _compare_cut_typing(_untyped(osg.load(ids[model_id])))
+            assert typed == total, model_id
+
+
+def test_made_up_dim_names_are_left_to_whole_graph_inference():
+    """onnx numbers the dims it makes up (unk__0, unk__1, ...) over the whole graph, so a
+    node inferred alone would get other names: such values are left UNKNOWN."""
+    model = onnx.parser.parse_model(
+        """
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[N, 4] x, int64[2] s) => (float[M] z) {
+            a = Reshape(x, s)
+            b = Reshape(x, s)
+            c = Concat<axis = 0>(a, b)
+            z = ReduceSum<keepdims = 0>(c)
+        }
+        """
+    )
+    index = GraphIndex(model.graph)
+    whole = cut._infer_cone(model, index, ["a", "b", "c"])
+    dims = {n: [d.dim_param for d in whole[n].tensor_type.shape.dim] for n in ("a", "b")}
+    assert dims["a"] != dims["b"]  # the same node, other names: position in the graph decides
+    found = infer.infer_types(model, index, ["a", "b", "c"])
+    assert all(found[n] is infer.UNKNOWN for n in ("a", "b", "c"))
+    assert {n: t.SerializeToString() for n, t in cut._infer_types(model, index, ["a", "b"]).items()} == {
+        n: whole[n].SerializeToString() for n in ("a", "b")
+    }
+
+
+def _pieces(model, cuts, **kw):
+    out = []
+    for inputs, outputs in cuts:
+        try:
+            piece, report = osg.extract(model, inputs=inputs, outputs=outputs, auto_inputs=True, **kw)
+        except osg.InputError as e:
+            out.append(str(e))
+            continue
+        out.append((piece.SerializeToString(), report.to_dict()))
+    return out
+
+
+def _cases():
+    from tests.corpus import cut_points
+
+    for model_id, path in MODELS:
+        model = osg.load(path)
+        yield model_id, _untyped(model), cut_points(model, 3, 4)
+        yield model_id + " (as written)", model, cut_points(model, 3, 4)
+    for seed in range(30):
+        g = graphgen.build(random.Random(seed))
+        yield f"graphgen {seed}", g.model, [graphgen.closed_cut(g, random.Random(seed + 1))]
+    model = synth.make_transformer(2000)
+    layers = int({p.key: p.value for p in model.metadata_props}["synth.num_layers"])
+    yield "synth", model, [([synth.layer_boundary(a)], [synth.layer_boundary(b)])
+                           for a, b in [(layers // 4, 3 * layers // 4), (layers - 5, layers - 3), (0, 1)]]
+
+
+def test_pieces_are_byte_for_byte_those_of_whole_graph_inference(monkeypatch):
+    """extract with the pass gives the very bytes (value_info order included) it gave when
+    onnx inferred the cone of each new input and the whole piece."""
+    for name, model, cuts in _cases():
+        for params in ("learnable", "constant"):
+            fast = _pieces(model, cuts, params=params)
+            with monkeypatch.context() as m:
+                m.setattr(infer, "infer_types", lambda model, index, names: {n: infer.UNKNOWN for n in names})
+                m.setattr(cut, "_infer_piece_by_node", lambda *a: None)
+                slow = _pieces(model, cuts, params=params)
+            assert fast == slow, (name, params)
