@@ -54,8 +54,16 @@ REPO = HERE.parent
 LIB = REPO
 
 # Each snippet gets argv = [path, out, slice_input, slice_output] and prints
-# {"timed": seconds} as its last stdout line.
-FLOOR = """
+# {"timed": seconds, "hwm": bytes} as its last stdout line: hwm is the peak resident
+# memory of the process (VmHWM; `python -c` runs in the process that was started).
+PEAK = """
+def peak():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+"""
+FLOOR = PEAK + """
 import sys, time, json
 import onnx
 path, out, a, b = sys.argv[1:5]
@@ -64,6 +72,7 @@ m = onnx.load(path)
 t1 = time.perf_counter()
 onnx.save(m, out)
 t2 = time.perf_counter()
+hwm = peak()
 # Same with bare protobuf: onnx.load/save also walk every tensor in Python
 # (external-data handling), which costs more than the parsing itself.
 with open(path, "rb") as f:
@@ -71,12 +80,12 @@ with open(path, "rb") as f:
 with open(out, "wb") as f:
     f.write(m.SerializeToString())
 t3 = time.perf_counter()
-print(json.dumps({"timed": t2 - t0, "load": t1 - t0, "save": t2 - t1, "raw": t3 - t2}))
+print(json.dumps({"timed": t2 - t0, "load": t1 - t0, "save": t2 - t1, "raw": t3 - t2, "hwm": hwm}))
 """
 
 # onnxsurgeon imports its modules (and onnx) on first attribute access: resolve the
 # three functions before the clock starts, as FLOOR imports onnx before its clock.
-SURGEON = """
+SURGEON = PEAK + """
 import sys, time, json
 import onnxsurgeon
 load, extract, save = onnxsurgeon.load, onnxsurgeon.extract, onnxsurgeon.save
@@ -86,12 +95,12 @@ m = load(path)
 piece, report = extract(m, inputs=[a], outputs=[b])
 save(piece, out)
 t1 = time.perf_counter()
-print(json.dumps({"timed": t1 - t0}))
+print(json.dumps({"timed": t1 - t0, "hwm": peak()}))
 """
 
 # onnx 1.17's Extractor walks the graph recursively (one Python frame per
 # value on the path), so the default recursion limit of 1000 is far too low.
-PEER = """
+PEER = PEAK + """
 import sys, time, json
 import onnx.utils
 sys.setrecursionlimit(RECURSION_LIMIT)
@@ -99,7 +108,7 @@ path, out, a, b = sys.argv[1:5]
 t0 = time.perf_counter()
 onnx.utils.extract_model(path, out, [a], [b])
 t1 = time.perf_counter()
-print(json.dumps({"timed": t1 - t0}))
+print(json.dumps({"timed": t1 - t0, "hwm": peak()}))
 """
 
 
@@ -178,7 +187,20 @@ def check_piece(piece_path: str, original: onnx.ModelProto | None, a: str, b: st
 
 
 VARIANTS = ("none", "recorded")  # graph.value_info: empty (TorchScript export) / complete (dynamo export)
-METHODS = ("floor", "surgeon", "peer")
+SLICES = ("late10", "half")
+METHODS = ("surgeon", "peer")
+
+
+def slices(model: onnx.ModelProto) -> dict[str, tuple[str, str]]:
+    """The cuts measured: ``late10``, ten layers near the end (the same size at every model
+    size; the issue's "small cut near the end", 4800 -> 4810 of 4878), and ``half``, the
+    middle half (layers L/4 -> 3L/4: it grows with the model)."""
+    layers = int({p.key: p.value for p in model.metadata_props}["synth.num_layers"])
+    a = max(layers - 78, 0)
+    return {
+        "late10": (synth.layer_boundary(a), synth.layer_boundary(min(a + 10, layers - 2))),
+        "half": (synth.layer_boundary(layers // 4), synth.layer_boundary(3 * layers // 4)),
+    }
 
 
 def library_version() -> str:
@@ -201,9 +223,12 @@ def ratio(x: float | None, y: float | None) -> float | None:
     return x / y if x and y else None
 
 
-def per_k(row: dict, method: str) -> float | None:
-    """Seconds per 1000 nodes."""
-    return 1000 * row[method] / row["nodes"] if row[method] else None
+def median_of(runs: list[dict], key: str) -> float | None:
+    """Median of a method's runs, or None if any run failed: a median of the lucky runs
+    would mislead."""
+    if not runs or any("error" in r for r in runs):
+        return None
+    return statistics.median(r[key] for r in runs)
 
 
 def main() -> None:
@@ -218,16 +243,15 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
 
     global LIB
-    use_peer = not args.no_peer and peer_available()
     peer_code = PEER.replace("RECURSION_LIMIT", str(args.peer_recursion_limit))
+    use_peer = {(v, c): not args.no_peer and peer_available() for v in VARIANTS for c in SLICES}
 
     rows = []
-    use_peer = {name: use_peer for name in VARIANTS}
     with tempfile.TemporaryDirectory(prefix="extract_speed_") as tmp:
         version = library_version()
         LIB = Path(tmp, "lib")
         shutil.copytree(REPO / "onnxsurgeon", LIB / "onnxsurgeon", ignore=shutil.ignore_patterns("__pycache__"))
-        print(f"{version}, copied at the start of the run")
+        print(f"{version}, copied at the start of the run; load average {os.getloadavg()[0]:.1f}")
         why_not = surgeon_available()
         if why_not:
             print(f"onnxsurgeon not usable, skipping its measurement: {why_not}")
@@ -244,102 +268,119 @@ def main() -> None:
             n_vi = len(typed.graph.value_info)
             del typed
             t2 = time.perf_counter()
-            a, b = synth.middle_slice(model)
+            cuts = slices(model)
             nodes = len(model.graph.node)
             mb = {v: os.path.getsize(p) / 1e6 for v, p in paths.items()}
             print(f"\n{nodes} nodes; types none: {mb['none']:.1f} MB, generated+saved in {t1 - t0:.1f} s; "
                   f"types recorded: {n_vi} value_info, {mb['recorded']:.1f} MB, in {t2 - t1:.1f} s more")
-            print(f"  slice {a} -> {b}")
+            for c, (a, b) in cuts.items():
+                print(f"  slice {c}: {a} -> {b}")
 
-            results = {(v, m): [] for v in VARIANTS for m in METHODS}
+            results: dict[tuple, list[dict]] = {}
+            kept: dict[str, int] = {}
             for rep in range(args.repeat):
                 for variant in VARIANTS:
-                    def go(method: str, code: str, timeout: float | None = None) -> dict:
-                        out = os.path.join(tmp, f"{method}-{variant}.onnx")
+                    def go(method: str, code: str, cut: str | None, timeout: float | None = None) -> dict:
+                        a, b = cuts[cut or "half"]
+                        out = os.path.join(tmp, f"{method}-{variant}-{cut}.onnx")
                         r = run_snippet(code, [paths[variant], out, a, b], timeout)
-                        results[variant, method].append(r)
-                        detail = r["error"] if "error" in r else f"{r['timed']:.2f} s (wall {r['wall']:.2f} s)"
-                        print(f"  run {rep + 1} types {variant:8s} {method:8s} {detail}", flush=True)
+                        results.setdefault((variant, method, cut), []).append(r)
+                        detail = r["error"] if "error" in r else (
+                            f"{r['timed']:.2f} s (wall {r['wall']:.2f} s), peak {r['hwm'] / 1e6:.0f} MB")
+                        print(f"  run {rep + 1} types {variant:8s} {method:8s} {cut or '':7s} {detail}", flush=True)
                         return r
 
-                    go("floor", FLOOR)
-                    if not why_not:
-                        go("surgeon", SURGEON)
-                    if use_peer[variant]:
-                        if "error" in go("peer", peer_code, args.peer_timeout):
-                            use_peer[variant] = False  # too slow or broken: not again, nor larger sizes
+                    go("floor", FLOOR, None)
+                    for cut in SLICES:
+                        if not why_not:
+                            go("surgeon", SURGEON, cut)
+                        if use_peer[variant, cut]:
+                            if "error" in go("peer", peer_code, cut, args.peer_timeout):
+                                use_peer[variant, cut] = False  # too slow or broken: not again, nor larger sizes
 
             for variant in VARIANTS:
-                row = {"nodes": nodes, "types": variant, "mb": mb[variant]}
-                for method in METHODS:
-                    good = [r for r in results[variant, method] if "error" not in r]
-                    # a method that failed on any run has no time: a median of the lucky runs would mislead
-                    ok = good and len(good) == len(results[variant, method])
-                    row[method] = statistics.median(r["timed"] for r in good) if ok else None
-                    if method == "floor" and ok:
-                        row["raw"] = statistics.median(r["raw"] for r in good)
-                rows.append(row)
-
-                # Check the pieces of the last run (untimed).
-                for method in ("surgeon", "peer"):
-                    piece = os.path.join(tmp, f"{method}-{variant}.onnx")
-                    if row[method] is not None and os.path.exists(piece):
-                        original = model if size == min(sizes) else None
-                        try:
-                            msg = check_piece(piece, original, a, b)
-                        except Exception as e:  # report, don't abort the bench
-                            msg = f"FAIL: {type(e).__name__}: {e}"
-                        print(f"  check types {variant:8s} {method}: {msg}")
-                        os.remove(piece)
+                floor = results[variant, "floor", None]
+                base = {"nodes": nodes, "types": variant, "mb": mb[variant],
+                        "floor": median_of(floor, "timed"), "floor_hwm": median_of(floor, "hwm"),
+                        "raw": median_of(floor, "raw")}
+                for cut in SLICES:
+                    row = dict(base, slice=cut)
+                    for method in METHODS:
+                        runs = results.get((variant, method, cut), [])
+                        row[method] = median_of(runs, "timed")
+                        row[method + "_hwm"] = median_of(runs, "hwm")
+                    # Check the pieces of the last run (untimed).
+                    for method in METHODS:
+                        piece = os.path.join(tmp, f"{method}-{variant}-{cut}.onnx")
+                        if row[method] is not None and os.path.exists(piece):
+                            original = model if size == min(sizes) else None
+                            try:
+                                msg = check_piece(piece, original, *cuts[cut])
+                                row[method + "_nodes"] = len(onnx.load(piece).graph.node)
+                            except Exception as e:  # report, don't abort the bench
+                                msg = f"FAIL: {type(e).__name__}: {e}"
+                            print(f"  check types {variant:8s} {cut:7s} {method}: {msg}")
+                            os.remove(piece)
+                    rows.append(row)
             del model
             for p in paths.values():
                 os.remove(p)
 
-    print(f"\nmedians of {args.repeat} runs, seconds inside the subprocess (imports excluded)")
-    print("floor = onnx.load + onnx.save; raw = the same with bare protobuf (reference); "
-          "x = ratio to floor; s/1k = seconds per 1000 nodes")
-    head = (f"{'nodes':>7} {'types':8s} {'MB':>5} {'floor':>6} {'surgeon':>7} {'x':>5} {'raw':>5} "
-            f"{'peer':>7} {'x':>6} {'floor s/1k':>10} {'surgeon s/1k':>12}")
+    print(f"\nmedians of {args.repeat} runs, seconds inside the subprocess (imports excluded); load average "
+          f"{os.getloadavg()[0]:.1f} at the end")
+    print("floor = onnx.load + onnx.save; raw = the same with bare protobuf (reference); x = ratio to floor; "
+          "MB = peak resident memory of the process; s/1k = seconds per 1000 nodes kept")
+    head = (f"{'nodes':>7} {'types':8s} {'slice':7s} {'kept':>6} {'file MB':>7} {'floor':>6} {'MB':>5} "
+            f"{'surgeon':>7} {'x':>5} {'MB':>5} {'x':>5} {'raw':>5} {'peer':>7} {'x':>6} {'surgeon s/1k':>12}")
     print(head)
     print("-" * len(head))
     for r in rows:
-        print(f"{r['nodes']:>7} {r['types']:8s} {r['mb']:>5.1f} {fmt(r['floor']):>6} {fmt(r['surgeon']):>7} "
-              f"{fmt(ratio(r['surgeon'], r['floor'])):>5} {fmt(r.get('raw')):>5} {fmt(r['peer']):>7} "
-              f"{fmt(ratio(r['peer'], r['floor']), '.1f'):>6} {fmt(per_k(r, 'floor'), '.4f'):>10} "
-              f"{fmt(per_k(r, 'surgeon'), '.4f'):>12}")
+        kept = r.get("surgeon_nodes")
+        print(f"{r['nodes']:>7} {r['types']:8s} {r['slice']:7s} {fmt(kept, 'd'):>6} {r['mb']:>7.1f} "
+              f"{fmt(r['floor']):>6} {fmt(r['floor_hwm'] and r['floor_hwm'] / 1e6, '.0f'):>5} "
+              f"{fmt(r['surgeon']):>7} {fmt(ratio(r['surgeon'], r['floor'])):>5} "
+              f"{fmt(r['surgeon_hwm'] and r['surgeon_hwm'] / 1e6, '.0f'):>5} "
+              f"{fmt(ratio(r['surgeon_hwm'], r['floor_hwm'])):>5} {fmt(r.get('raw')):>5} {fmt(r['peer']):>7} "
+              f"{fmt(ratio(r['peer'], r['floor']), '.1f'):>6} "
+              f"{fmt(1000 * r['surgeon'] / kept if r['surgeon'] and kept else None, '.4f'):>12}")
 
     # Linearity: time per node at the largest size vs the smallest.
-    growth: dict[tuple[str, str], float] = {}
     lo_n, hi_n = min(r["nodes"] for r in rows), max(r["nodes"] for r in rows)
+    growth = []
     if lo_n != hi_n:
-        print(f"\nlinearity: seconds per 1k nodes at {hi_n} nodes / at {lo_n} nodes (1.0 = linear)")
+        print(f"\nlinearity: time per node at {hi_n} nodes / at {lo_n} nodes (1.0 = linear); per node kept "
+              "for the half slice, per node of the model for the late one (whose size does not grow), "
+              "and for the floor")
         for variant in VARIANTS:
-            lo = next(r for r in rows if r["types"] == variant and r["nodes"] == lo_n)
-            hi = next(r for r in rows if r["types"] == variant and r["nodes"] == hi_n)
-            for method in METHODS:
-                if lo[method] and hi[method]:
-                    growth[variant, method] = per_k(hi, method) / per_k(lo, method)
-                    print(f"  types {variant:8s} {method:8s} {per_k(lo, method):.4f} -> {per_k(hi, method):.4f} "
-                          f"s/1k nodes: x{growth[variant, method]:.2f}")
+            for cut in SLICES:
+                lo = next(r for r in rows if (r["types"], r["slice"], r["nodes"]) == (variant, cut, lo_n))
+                hi = next(r for r in rows if (r["types"], r["slice"], r["nodes"]) == (variant, cut, hi_n))
+                per = "surgeon_nodes" if cut == "half" else "nodes"
+                if lo["surgeon"] and hi["surgeon"] and lo.get(per) and hi.get(per):
+                    g = (hi["surgeon"] / hi[per]) / (lo["surgeon"] / lo[per])
+                    growth.append(f"surgeon {variant} {cut} x{g:.2f}")
+                    print(f"  types {variant:8s} {cut:7s} surgeon x{g:.2f}")
+            lo = next(r for r in rows if (r["types"], r["nodes"]) == (variant, lo_n))
+            hi = next(r for r in rows if (r["types"], r["nodes"]) == (variant, hi_n))
+            if lo["floor"] and hi["floor"]:
+                g = (hi["floor"] / hi_n) / (lo["floor"] / lo_n)
+                growth.append(f"floor {variant} x{g:.2f}")
+                print(f"  types {variant:8s} floor   x{g:.2f}")
 
     # Compact summary, for pasting into a note.
-    print(f"\nsummary, {version} (median of {args.repeat}; s; x = / onnx.load+save floor):")
-    for n in sorted({r["nodes"] for r in rows}):
-        parts = []
-        for r in (r for r in rows if r["nodes"] == n):
-            part = f"{r['types']}: floor {fmt(r['floor'])}, surgeon {fmt(r['surgeon'])} (x{fmt(ratio(r['surgeon'], r['floor']))})"
-            if r["peer"] is not None:
-                part += f", peer {fmt(r['peer'], '.1f')} (x{fmt(ratio(r['peer'], r['floor']), '.0f')})"
-            parts.append(part)
-        print(f"  {n} nodes | " + " | ".join(parts))
+    print(f"\nsummary, {version} (median of {args.repeat}; s; x = / onnx.load+save floor; MB = peak):")
+    for r in rows:
+        part = (f"  {r['nodes']} nodes {r['types']:8s} {r['slice']:7s} floor {fmt(r['floor'])} s "
+                f"{fmt(r['floor_hwm'] and r['floor_hwm'] / 1e6, '.0f')} MB | surgeon {fmt(r['surgeon'])} s "
+                f"(x{fmt(ratio(r['surgeon'], r['floor']))}) {fmt(r['surgeon_hwm'] and r['surgeon_hwm'] / 1e6, '.0f')} MB "
+                f"(x{fmt(ratio(r['surgeon_hwm'], r['floor_hwm']))})")
+        if r["peer"] is not None:
+            part += f" | peer {fmt(r['peer'], '.1f')} (x{fmt(ratio(r['peer'], r['floor']), '.0f')})"
+        print(part)
     if growth:
-        print(f"  linearity {lo_n}->{hi_n} nodes (per-node time ratio): " + ", ".join(
-            f"{m} {v} x{g:.2f}" for (v, m), g in growth.items()))
-    peer_runs = [r for r in rows if r["peer"] is not None]
+        print(f"  linearity {lo_n}->{hi_n} nodes (per-node time ratio): " + ", ".join(growth))
     if args.no_peer:
         print("  peer (onnx.utils.extract_model): not run (--no-peer)")
-    elif not peer_runs:
-        print(f"  peer (onnx.utils.extract_model): no run finished (timeout {args.peer_timeout:.0f} s or error)")
 
 
 if __name__ == "__main__":
