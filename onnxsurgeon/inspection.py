@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import bisect
 import math
 import os
 import re
 from collections import Counter
 from dataclasses import dataclass
+from collections.abc import Iterable
 from typing import Any
 
 import onnx
@@ -17,18 +19,23 @@ from onnxsurgeon.graph import GraphIndex, subgraphs
 from onnxsurgeon.names import alias
 
 
-def _types(model: onnx.ModelProto, index: GraphIndex | None = None) -> dict[str, onnx.TypeProto]:
-    """Known types of all values, inferring shapes where the model does not record them."""
+def _types(model: onnx.ModelProto, index: GraphIndex | None = None, wanted: Iterable[str] | None = None) -> dict[str, onnx.TypeProto]:
+    """Known types of values (all, or at least those ``wanted``), inferring shapes where the
+    model does not record them."""
     index = index or GraphIndex(model.graph)
     types = {n: vi.type for n, vi in index.value_info.items() if vi.type.WhichOneof("value")}
     types.update((n, index.type_of(n)) for n in index.initializers)
-    missing = [o for n in index.nodes for o in n.output if o and o not in types]
+    if wanted is None:
+        missing = [o for n in index.nodes for o in n.output if o and o not in types]
+    else:
+        missing = [o for o in wanted if o and o not in types]
     if not missing:
         return types
-    # node by node, once per distinct node (infer.py); recorded types are merged with the
-    # inferred ones by whole-graph inference, which that pass does not do
+    # node by node, once per distinct node (infer.py), up to the last node that writes a
+    # value asked for; recorded types are merged with the inferred ones by whole-graph
+    # inference, which that pass does not do
     found = infer.TypePass(model, index.nodes, index.initializers, index.inputs, declared=index.value_info)
-    found.run(len(index.nodes))
+    found.run(1 + max(index.producer.get(o, len(index.nodes) - 1) for o in missing))
     inferred = {o: found.type_of(o) for o in missing}
     if not any(t is infer.UNKNOWN for t in inferred.values()):
         types.update((o, t) for o, t in inferred.items() if t is not None)
@@ -101,31 +108,106 @@ class NodesReport:
 def nodes(model: onnx.ModelProto, /, grep: str | None = None, op: str | None = None) -> NodesReport:
     """Every node of the main graph as a line a person can read; ``grep`` filters names
     (a regular expression, matched against names and their aliases), ``op`` the op type."""
-    types = _types(model)
     try:
         pattern = re.compile(grep, re.IGNORECASE) if grep else None
     except re.error as e:
         raise InputError(f"--grep {grep!r} is not a valid regular expression: {e}", "escape special characters, e.g. '\\['") from None
+    index = GraphIndex(model.graph)
+    aliases: dict[str, str] = {}
+
+    def alias_of(name: str) -> str:
+        a = aliases.get(name)
+        if a is None:
+            a = aliases[name] = alias(name)
+        return a
+
+    op_lower = op.lower() if op else None
+    selected = [n for n in index.nodes if n.op_type.lower() == op_lower] if op_lower else index.nodes
+    if pattern:
+        selected = _grep(pattern, selected)
+    # types only of the values shown: inference stops at the last node listed
+    every = len(selected) == len(index.nodes)
+    types = _types(model, index, None if every else {n for node in selected for n in (*node.input, *node.output)})
+    shown: dict[int, str] = {}  # id of a TypeProto (kept alive by types) -> its text
+
+    def show(name: str) -> str:
+        t = types.get(name)
+        if t is None:
+            return "?"
+        text = shown.get(id(t))
+        if text is None:
+            text = shown[id(t)] = dtypes.show(t)
+        return text
+
     lines = []
-    for node in model.graph.node:
-        if op and node.op_type.lower() != op.lower():
-            continue
-        names = [node.name, *node.output, *node.input]
-        if pattern and not any(pattern.search(n) or pattern.search(alias(n)) for n in names if n):
-            continue
+    for node in selected:
+        outputs, inputs = tuple(node.output), tuple(node.input)
         op_name = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
         lines.append(
             NodeLine(
                 name=node.name,
                 op=op_name,
-                outputs=tuple(node.output),
-                inputs=tuple(node.input),
-                input_types=tuple(dtypes.show(types.get(n)) if n else "-" for n in node.input),
-                output_types=tuple(dtypes.show(types.get(n)) for n in node.output),
-                aliases=tuple(alias(n) if alias(n) != n else "" for n in node.output),
+                outputs=outputs,
+                inputs=inputs,
+                input_types=tuple(show(n) if n else "-" for n in inputs),
+                output_types=tuple(show(n) for n in outputs),
+                aliases=tuple(a if (a := alias_of(n)) != n else "" for n in outputs),
             )
         )
-    return NodesReport(tuple(lines), len(model.graph.node))
+    return NodesReport(tuple(lines), len(index.nodes))
+
+
+# Characters a pattern may use to look past one name when all are searched as one text.
+_ACROSS_NAMES = ("\\A", "\\Z", "\\z", "(?<", "(?", "\\n", "\\s", "\\S", "\\W", "\\D", "[^", "\\B", "\\b")
+
+
+def _grep(pattern: re.Pattern[str], nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
+    """The nodes with a name, output or input that ``pattern`` finds in (a ``search``), or
+    in whose alias it finds.
+
+    Searching each name and alias costs three calls per name, seconds on a 200k-node graph.
+    So the names are searched as one text, a line each, and so are their aliases; only the
+    names a match touches are searched alone. A name the pattern finds alone is touched by
+    some match in the text (the one found where its own starts, or an earlier one running
+    over it); no match runs over a line break: patterns that could are searched name by name."""
+    from onnxsurgeon.names import _NOT_IDENTIFIER, alias
+
+    decided: dict[str, bool] = {}
+
+    def exact(n: str) -> bool:
+        m = decided.get(n)
+        if m is None:
+            m = decided[n] = bool(n) and bool(pattern.search(n) or pattern.search(alias(n)))
+        return m
+
+    flat: list[str] = []  # every node's name, outputs and inputs, node after node
+    ends = []  # where each node's names end in flat
+    for node in nodes:
+        flat.append(node.name)
+        flat.extend(node.output)
+        flat.extend(node.input)
+        ends.append(len(flat))
+    if any(a in pattern.pattern for a in _ACROSS_NAMES) or any("\n" in n for n in flat):
+        hits = {k for k, n in enumerate(flat) if exact(n)}
+    else:
+        text = "\n".join(flat)
+        # the alias of every name at once: each character \W becomes _ (one for one)
+        table = {ord(c): "_" for c in set(text) if c != "\n" and _NOT_IDENTIFIER.match(c)}
+        lines = text.translate(table).split("\n")
+        lines = [a if not a or a[:1].isidentifier() else "_" + a for a in lines]
+        whole = re.compile(pattern.pattern, pattern.flags | re.MULTILINE)
+        hits = set()
+        for texts in (flat, lines):
+            starts, pos = [], 0
+            for t in texts:
+                starts.append(pos)
+                pos += len(t) + 1
+            for m in whole.finditer("\n".join(texts)):
+                first = bisect.bisect_right(starts, m.start()) - 1
+                last = bisect.bisect_right(starts, max(m.end() - 1, m.start())) - 1
+                hits.update(k for k in range(first, last + 1) if exact(flat[k]))
+    chosen = sorted({bisect.bisect_right(ends, k) for k in hits})
+    return [nodes[i] for i in chosen]
 
 
 @dataclass(frozen=True)

@@ -72,7 +72,7 @@ def test_pass_types_like_whole_graph_inference_on_the_corpus(model_id, path):
 
 def test_pass_types_like_whole_graph_inference_on_property_graphs():
     for seed in range(40):
-        model = graphgen.build(random.Random(seed)).model
+        model = graphgen.build(graphgen.RandomChoices(random.Random(seed))).model
         for m in (_untyped(model), model):
             _compare_cut_typing(m)
             _compare_nodes_typing(m)
@@ -140,8 +140,8 @@ def _cases():
         yield model_id, _untyped(model), cut_points(model, 3, 4)
         yield model_id + " (as written)", model, cut_points(model, 3, 4)
     for seed in range(30):
-        g = graphgen.build(random.Random(seed))
-        yield f"graphgen {seed}", g.model, [graphgen.closed_cut(g, random.Random(seed + 1))]
+        g = graphgen.build(graphgen.RandomChoices(random.Random(seed)))
+        yield f"graphgen {seed}", g.model, [graphgen.closed_cut(g, graphgen.RandomChoices(random.Random(seed + 1)))]
     model = synth.make_transformer(2000)
     layers = int({p.key: p.value for p in model.metadata_props}["synth.num_layers"])
     yield "synth", model, [([synth.layer_boundary(a)], [synth.layer_boundary(b)])

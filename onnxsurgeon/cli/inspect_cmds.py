@@ -31,8 +31,7 @@ def nodes(
     if as_json:
         output.emit_json(report.to_dict())
         return
-    for line in report.nodes:
-        output.out.print(line.text(), markup=False)
+    output.lines(line.text() for line in report.nodes)
     if grep or op:
         output.err.print(f"{len(report.nodes)} of {report.total} nodes", markup=False)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -46,6 +47,12 @@ def _isatty(stream: Any) -> bool:
 
 def emit_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def lines(texts: Iterable[str]) -> None:
+    """Lines of plain text on stdout, as they are: no markup, emoji codes or wrapping (and
+    fast: a listing of a big model has hundreds of thousands)."""
+    sys.stdout.write("".join(t + "\n" for t in texts))
 
 
 def warn(message: str) -> None:
