@@ -164,6 +164,7 @@ class TypePass:
             ids[""] = _EMPTY
             for name in self.initializers:
                 source(name)
+        get, sig_node = ids.__getitem__, self.sig_node
         for n in self.nodes[self.done : upto]:
             attrs, outputs = n.attribute, n.output
             # the number of outputs is part of the signature: it decides inference (Split)
@@ -171,23 +172,28 @@ class TypePass:
                 sig = (n.domain, n.op_type, len(outputs), b"".join([a.SerializeToString() for a in attrs]))
             else:
                 sig = (n.domain, n.op_type, len(outputs))
+            inputs = n.input
             try:
-                key = (sig, *[ids[x] for x in n.input])
+                key = (sig, *map(get, inputs))
             except KeyError:
-                key = (sig, *[ids[x] if x in ids else source(x) for x in n.input])
+                key = (sig, *[ids[x] if x in ids else source(x) for x in inputs])
             outs = memo.get(key)
             if outs is None:
-                if sig not in self.sig_node:
-                    self.sig_node[sig] = n
+                if sig not in sig_node:
+                    sig_node[sig] = n
                 outs = memo[key] = self._infer(key)
-            for o, k in zip(outputs, outs):
-                if o in ids:
-                    if not o:  # an omitted optional output
-                        continue
-                    # a second writer (of a parameter, a graph input or a value): inference
-                    # merges the types, this pass does not
-                    k = UNKNOWN
-                ids[o] = k
+            if len(outs) == 1:
+                o = outputs[0]
+                # a second writer (of a parameter, a graph input or a value): inference
+                # merges the types, this pass does not; "" is an omitted optional output
+                ids[o] = outs[0] if o not in ids else UNKNOWN if o else _EMPTY
+            else:
+                for o, k in zip(outputs, outs):
+                    if o in ids:
+                        if not o:
+                            continue
+                        k = UNKNOWN
+                    ids[o] = k
             if declared and not declared.isdisjoint(outputs):
                 for o in declared.intersection(outputs):
                     ids[o] = UNKNOWN

@@ -125,8 +125,8 @@ def _pieces(model, cuts, **kw):
     for inputs, outputs in cuts:
         try:
             piece, report = osg.extract(model, inputs=inputs, outputs=outputs, auto_inputs=True, **kw)
-        except osg.InputError as e:
-            out.append(str(e))
+        except Exception as e:  # the same refusal (or the same bug) either way
+            out.append(f"{type(e).__name__}: {e}")
             continue
         out.append((piece.SerializeToString(), report.to_dict()))
     return out
