@@ -6,6 +6,13 @@ trained values are later written back into the original, not into this copy):
 - versions: opsets below 13 are converted up (the loss functions use the opset-13 forms),
   above 21 down; IR versions above 10 are clamped;
 - IR 3: initializers that are also listed as graph inputs are listed as initializers only;
+- control flow: an If whose condition is known before training is folded to its branch, a
+  Loop or Scan of known length unrolled (:mod:`onnxsurgeon.train.control`), before weights
+  held in Constant nodes are lifted to parameters (:mod:`onnxsurgeon.train.lift`);
+- ops without a gradient or a CPU gradient kernel where a parameter reaches them (CastLike,
+  ReduceMax, Resize, InstanceNormalization, reverse LSTM, ...) are written in ops that have
+  both (:mod:`onnxsurgeon.train.rewrite`); one that cannot be keeps the reason, which the
+  refusal in :func:`plan` quotes;
 - Dropout: every Dropout drops while training (an explicit ``training_mode`` True input)
   and declares its mask, which its gradient reads; the eval model runs it in inference mode;
 - BatchNormalization whose running statistics are frozen is written out as the fixed
