@@ -1,4 +1,5 @@
-"""The checker run on every piece and composed network before it is written.
+"""The checker run on every model onnxsurgeon writes (pieces, composed networks, trained
+models, transfers) before it is written.
 
 onnx.checker is the backstop behind onnxsurgeon's own checks (STYLE: habit 4): a model
 onnxsurgeon builds that it refuses is a bug in onnxsurgeon, reported as one (exit 4, with

@@ -187,3 +187,57 @@ def test_ctrl_c_checkpoints_and_exits_130(files):
     assert proc.returncode == 130, err
     assert "interrupted at step" in err and "Traceback" not in err
     assert not out.exists() and list((files / "c").glob("step-*.ckpt"))
+
+
+def test_train_and_transfer_outputs_pass_the_checker(cli, files):
+    """SPEC section 6: every model written passes the checker, the trained and the transferred too."""
+    import onnx
+
+    code, _, err = cli("train", files / "mlp.onnx", "--data", files / "train.npz", "--loss", "ce(y, labels)", "-o", files / "t.onnx", "-q")
+    assert code == 0, err
+    code, _, err = cli("transfer", "--from", files / "t.onnx", "--to", files / "mlp.onnx", "-o", files / "x.onnx", "-q")
+    assert code == 0, err
+    for name in ("t.onnx", "x.onnx"):
+        onnx.checker.check_model(osg.load(files / name), full_check=True)
+
+
+def test_a_broken_write_back_is_a_bug_not_a_file(files, monkeypatch):
+    """The trained model and a transfer's result go through onnx.checker before they are
+    returned: a bug that builds an invalid one is exit 4 with the checker's words, and no
+    file appears (SPEC section 6)."""
+    from onnxsurgeon import checks
+    from onnxsurgeon.cli import main
+    from onnxsurgeon.train import transfer, weights
+    from onnxsurgeon.train.loop import TrainSettings, train
+
+    real = weights.write_back
+
+    def broken(model, *args, **kw):  # a bug: a node reads a value nothing produces
+        out = real(model, *args, **kw)
+        out.graph.node[0].input[0] = "nowhere"
+        return out
+
+    monkeypatch.setattr(weights, "write_back", broken)
+    with pytest.raises(checks.InvalidResult, match="onnxsurgeon built a trained model that onnx.checker refuses: .*nowhere"):
+        train(mlp(), DATA, TrainSettings(loss="ce(y, labels)"))
+    with pytest.raises(checks.InvalidResult, match="onnxsurgeon built a model with transferred parameters that onnx.checker refuses"):
+        transfer.transfer(mlp(), mlp())
+    out = files / "t.onnx"
+    code = main(["train", str(files / "mlp.onnx"), "--data", str(files / "train.npz"), "--loss", "ce(y, labels)", "-o", str(out), "-q"])
+    assert code == 4 and not out.exists()
+    code = main(["transfer", "--from", str(files / "mlp.onnx"), "--to", str(files / "mlp.onnx"), "-o", str(out), "-q"])
+    assert code == 4 and not out.exists()
+
+
+def test_transfer_into_a_model_that_fails_the_checker_warns(cli, files):
+    """Same rule as extract: when the model given already fails the checker, the result
+    inherits its problem, and a warning says so instead of exit 4."""
+    from onnx import helper
+
+    dst = mlp()
+    dst.graph.node[0].attribute.append(helper.make_attribute("bogus", 1))  # the checker refuses it
+    osg.save(dst, files / "dst.onnx")
+    code, stdout, err = cli("transfer", "--from", files / "mlp.onnx", "--to", files / "dst.onnx", "-o", files / "o.onnx", "--json")
+    assert code == 0, err
+    report = json.loads(stdout)
+    assert any("nor does the model it comes from" in w for w in report["warnings"]) and (files / "o.onnx").exists()

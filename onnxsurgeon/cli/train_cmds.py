@@ -420,6 +420,8 @@ def transfer(
             f"{len(report.matched)} matched, {len(report.missing)} missing, {len(report.unexpected)} unexpected, "
             f"{len(report.wrong_shape)} wrong shape", markup=False,
         )
+        for w in report.warnings:
+            output.warn(w)
     if strict and not report.complete:
         raise CheckFailed(
             "not every parameter matched: "

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from onnxsurgeon import __version__, faults, runtime
+from onnxsurgeon import __version__, checks, faults, runtime
 from onnxsurgeon.errors import InputError
 from onnxsurgeon.expr import TensorType
 from onnxsurgeon.train import artifacts, checkpoint, data as data_mod, distributed, losses, ort, prepare, weights
@@ -241,7 +241,14 @@ def train(
         "steps": report.steps, "epochs": report.epochs_done, "loss": settings.loss,
         "optimizer": settings.optimizer.to_dict(), "graph_sha256": compiled.sha256, "onnxsurgeon": __version__,
     }
-    return weights.write_back(model, values, record), report
+    trained = weights.write_back(model, values, record)
+    more = checks.check_result(trained, "a trained model", [model])
+    if more:
+        for message in more:
+            if progress is not None and world.root:
+                progress({"event": "warning", "message": message})
+        report = dataclasses.replace(report, warnings=report.warnings + tuple(more))
+    return trained, report
 
 
 def rehearse(model: onnx.ModelProto, /, data: Mapping[str, np.ndarray], settings: TrainSettings, *, data_label: str = "the training data") -> float:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from onnxsurgeon import checks
 from onnxsurgeon.errors import InputError
 from onnxsurgeon.names import alias
 from onnxsurgeon.train import weights
@@ -53,6 +54,7 @@ class TransferReport:
     missing: tuple[str, ...]
     unexpected: tuple[str, ...]
     wrong_shape: tuple[Mismatch, ...]
+    warnings: tuple[str, ...] = ()
 
     @property
     def complete(self) -> bool:
@@ -65,6 +67,7 @@ class TransferReport:
             "missing": list(self.missing),
             "unexpected": list(self.unexpected),
             "wrong_shape": [m.to_dict() for m in self.wrong_shape],
+            "warnings": list(self.warnings),
         }
 
 
@@ -146,9 +149,9 @@ def transfer(
         matched.append(Match(name, found, how))
         values[name] = value
     unexpected = tuple(n for n in src if n not in used)
-    report = TransferReport(tuple(matched), tuple(missing), unexpected, tuple(wrong))
     out = weights.write_back(target, values) if values else _copy(target)
-    return out, report
+    warnings = checks.check_result(out, "a model with transferred parameters", [target])
+    return out, TransferReport(tuple(matched), tuple(missing), unexpected, tuple(wrong), tuple(warnings))
 
 
 def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
