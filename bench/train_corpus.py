@@ -82,7 +82,7 @@ CASES = [
     Case("pypi/magika", "magika-0.5.1/model.onnx", "target_label"),
     Case("pypi/rapidocr_det", "rapidocr-onnxruntime-1.4.4/ch_PP-OCRv4_det_infer.onnx", "p2o_Add_281", n=2,
          shapes={"x": ("N", 3, 64, 64)}),
-    Case("pypi/rapidocr_rec", "rapidocr-onnxruntime-1.4.4/ch_PP-OCRv4_rec_infer.onnx", "softmax_11_tmp_0", n=2,
+    Case("pypi/rapidocr_rec", "rapidocr-onnxruntime-1.4.4/ch_PP-OCRv4_rec_infer.onnx", "p2o_Add_277", n=2,
          shapes={"x": ("N", 3, 48, 320)}),
     Case("pypi/rapidocr_cls", "rapidocr-onnxruntime-1.4.4/ch_ppocr_mobile_v2.0_cls_infer.onnx", "save_infer_model_scale_0_tmp_1",
          shapes={"x": ("N", 3, 48, 192)}),

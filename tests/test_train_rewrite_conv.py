@@ -11,6 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxsurgeon import runtime
+from onnxsurgeon.errors import InputError
 from onnxsurgeon.train.loop import TrainSettings, train
 from onnxsurgeon.train.optim import OptimizerSettings
 from onnxsurgeon.train.prepare import prepare
@@ -87,3 +88,46 @@ def test_conv_transpose_with_output_shape_is_refused_with_the_reason():
     model, _ = model_of((2, 2, 3, 3), (2, 2, 2, 2), {"strides": [2, 2], "output_shape": [6, 6]}, False)
     _, prep = prepare(model, set())
     assert dict(prep.not_rewritten).get("up", "").startswith("output_shape")
+
+
+@pytest.mark.parametrize("sizes", ["symbolic", "known"])
+def test_average_pool_trains_as_a_depthwise_conv(sizes):
+    """onnxruntime 1.19's AveragePoolGrad returns an empty gradient (paddle2onnx's text
+    recognizer then failed one node later; pinned below): AveragePool is written as a
+    depthwise Conv, with sizes known or not."""
+    dims = ["H", "W"] if sizes == "symbolic" else [3, 4]
+    nodes = [helper.make_node("Mul", ["x", "S"], ["h"]),
+             helper.make_node("AveragePool", ["h"], ["y"], name="pool", kernel_shape=[3, 2], strides=[3, 2])]
+    s = RNG.standard_normal((2, 1, 1)).astype(np.float32)
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, *dims])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [numpy_helper.from_array(s, "S")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = RNG.standard_normal((2, 2, 3, 4)).astype(np.float32)
+    prepared, _ = prepare(model, set())
+    assert "AveragePool" not in {n.op_type for n in prepared.graph.node}
+    want = runtime.run(runtime.session(model), {"x": x})[0]
+    np.testing.assert_allclose(runtime.run(runtime.session(prepared), {"x": x})[0], want, rtol=1e-6, atol=1e-6)
+    t = RNG.standard_normal(want.shape).astype(np.float32)
+    trained, _ = train(model, {"x": x, "t": t}, TrainSettings(loss="mse(y, t)", optimizer=OptimizerSettings("sgd", lr=LR), batch_size=2))
+    s1 = numpy_helper.to_array(trained.graph.initializer[0]).astype(np.float64)
+    # y is linear in S: the gradient of the mean squared error, computed in numpy
+    win = x.astype(np.float64).reshape(2, 2, 1, 3, 2, 2).mean(axis=(3, 5))  # [N, C, 1, 2] averages of x
+    y = win * s.astype(np.float64)
+    grad = (2 * (y - t) * win).sum(axis=(0, 2, 3)) / y[0].size / 2
+    np.testing.assert_allclose((s.astype(np.float64) - s1).reshape(-1) / LR, grad, rtol=1e-4, atol=1e-6)
+
+
+def test_fact_average_pool_gradient_fails_without_the_rewrite(monkeypatch):
+    """Why AveragePool is rewritten: with onnxruntime's own AveragePoolGrad the first step fails."""
+    from onnxsurgeon.train import rewrite
+
+    monkeypatch.delitem(rewrite.REWRITES, "AveragePool")
+    nodes = [helper.make_node("Mul", ["x", "S"], ["h"], name="scale"),
+             helper.make_node("AveragePool", ["h"], ["y"], name="pool", kernel_shape=[2, 2], strides=[2, 2])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(np.ones((2, 1, 1), np.float32), "S")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    data = {"x": np.ones((2, 2, 4, 4), np.float32), "t": np.zeros((2, 2, 2, 2), np.float32)}
+    with pytest.raises(InputError, match="gradient of node 'scale'.*Can broadcast 0"):
+        train(model, data, TrainSettings(loss="mse(y, t)", optimizer=OptimizerSettings("sgd", lr=LR), batch_size=2))

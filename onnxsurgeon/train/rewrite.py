@@ -34,7 +34,7 @@ from onnx import helper, numpy_helper
 from onnxsurgeon.expr import TensorType
 from onnxsurgeon.graph import node_reads
 from onnxsurgeon.train.control import CONTROL
-from onnxsurgeon.train.rewrite_conv import conv_transpose
+from onnxsurgeon.train.rewrite_conv import average_pool, conv_transpose
 from onnxsurgeon.train.rewrite_core import (
     FLOATS, Builder, Context, Unsupported, attrs_of, known_value, known_values, text,
 )
@@ -507,6 +507,7 @@ REWRITES: dict[str, Callable[[onnx.NodeProto, Context], list[onnx.NodeProto] | N
     "LSTM": recurrence,
     "GRU": recurrence,
     "ConvTranspose": conv_transpose,
+    "AveragePool": average_pool,
 }
 
 

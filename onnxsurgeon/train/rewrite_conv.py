@@ -68,3 +68,33 @@ def conv_transpose(node: onnx.NodeProto, cx: Context) -> list[onnx.NodeProto]:
     b.op("Conv", *inputs, out=node.output[0], group=g, dilations=dil, strides=[1] * spatial, pads=front + back,
          kernel_shape=kernel)
     return b.nodes
+
+
+def average_pool(node: onnx.NodeProto, cx: Context) -> list[onnx.NodeProto]:
+    """AveragePool: onnxruntime 1.19's AveragePoolGrad returns an empty gradient (measured for
+    2-D windows of every size and stride tried, sizes known or not; the next gradient node
+    then fails to broadcast it, as on paddle2onnx's text recognizer), so no model trained
+    through one before. Written as the depthwise Conv by a constant kernel of
+    1 / (window size), whose gradient works. Padding that is not counted in the average (the
+    divisor then varies at the borders) is refused with the reason."""
+    t = cx.types.get(node.input[0])
+    if t is None or t.shape is None or len(t.shape) < 3:
+        raise Unsupported(f"the rank of its input {node.input[0]!r} is not known")
+    channels = t.shape[1]
+    if not isinstance(channels, int):
+        raise Unsupported(f"the number of channels of {node.input[0]!r} is not known")
+    a = attrs_of(node)
+    kernel = list(a["kernel_shape"])
+    spatial = len(kernel)
+    pads = list(a.get("pads", [0] * 2 * spatial))
+    if text(a.get("auto_pad", "NOTSET")) not in ("NOTSET", "", "VALID") or int(a.get("ceil_mode", 0)):
+        raise Unsupported("auto_pad SAME or ceil_mode (explicit pads only)")
+    if any(pads) and not int(a.get("count_include_pad", 0)):
+        raise Unsupported("padding that is not counted in the average")
+    import numpy as np
+
+    b = Builder(node, cx)
+    weight = b.const(np.full([channels, 1, *kernel], 1.0 / float(np.prod(kernel))))
+    b.op("Conv", node.input[0], weight, out=node.output[0], group=channels, kernel_shape=kernel,
+         strides=list(a.get("strides", [1] * spatial)), pads=pads, dilations=list(a.get("dilations", [1] * spatial)))
+    return b.nodes
