@@ -26,7 +26,7 @@ class Context:
     """What a rewrite may read: value types, values known before training, the opset."""
 
     types: dict[str, TensorType]
-    known: dict[str, np.ndarray]  # constants and inputs fed whole (--fixed): known before training
+    known: Mapping[str, np.ndarray]  # constants and inputs fed whole (--fixed): known before training
     opset: int
     fresh: Callable[[str], str]
     model: onnx.ModelProto  # for evaluating values from known ones
@@ -96,30 +96,50 @@ def text(v) -> str:
 
 
 def known_value(name: str, cx: Context) -> np.ndarray | None:
-    return cx.known.get(name) if name else None
+    return cx.known[name] if name and name in cx.known else None
 
 
 
-def known_values(model: onnx.ModelProto, fixed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Values known before training: Constant nodes, initializers, and the inputs fed whole
-    at every step. A parameter that trains is known at its initial value only: it may be read
-    where no gradient flows (Resize's scales), not to decide a branch (see ``Context.trains``)."""
-    known: dict[str, np.ndarray] = {}
-    for t in model.graph.initializer:
-        known[t.name] = numpy_helper.to_array(t)
-    for node in model.graph.node:
-        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and node.attribute:
-            attr = node.attribute[0]
-            if attr.name == "value":
-                known[node.output[0]] = numpy_helper.to_array(attr.t)
-            elif attr.name in ("value_float", "value_int"):
-                known[node.output[0]] = np.array(helper.get_attribute_value(attr), np.float32 if attr.name == "value_float" else np.int64)
-            elif attr.name in ("value_floats", "value_ints"):
-                known[node.output[0]] = np.array(helper.get_attribute_value(attr), np.float32 if attr.name == "value_floats" else np.int64)
-    for name, value in fixed.items():
-        known[name] = np.asarray(value)
-    return known
+class Known(Mapping[str, np.ndarray]):
+    """Values known before training, decoded only when a rewrite reads one: Constant nodes,
+    initializers, and the inputs fed whole at every step. A parameter that trains is known
+    at its initial value only: it may be read where no gradient flows (Resize's scales), not
+    to decide a branch (see ``Context.trains``)."""
 
+    def __init__(self, model: onnx.ModelProto, fixed: Mapping[str, np.ndarray]) -> None:
+        self._tensors: dict[str, onnx.TensorProto | onnx.AttributeProto] = {t.name: t for t in model.graph.initializer}
+        for node in model.graph.node:
+            if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and len(node.attribute) == 1:
+                self._tensors[node.output[0]] = node.attribute[0]
+        self._values: dict[str, np.ndarray] = {name: np.asarray(v) for name, v in fixed.items()}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._values:
+            self._values[name] = _decode(self._tensors[name])
+        return self._values[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._values or name in self._tensors
+
+    def __iter__(self):
+        return iter({**self._tensors, **self._values})
+
+    def __len__(self) -> int:
+        return len({**self._tensors, **self._values})
+
+
+def _decode(t: onnx.TensorProto | onnx.AttributeProto) -> np.ndarray:
+    if isinstance(t, onnx.TensorProto):
+        return numpy_helper.to_array(t)
+    if t.name == "value":
+        return numpy_helper.to_array(t.t)
+    value = helper.get_attribute_value(t)
+    return np.array(value, np.float32 if t.name.startswith("value_float") else np.int64 if t.name.startswith("value_int") else None)
+
+
+def known_values(model: onnx.ModelProto, fixed: Mapping[str, np.ndarray]) -> Known:
+    """The values known before training (:class:`Known`), decoded when read."""
+    return Known(model, fixed)
 
 
 def evaluate(name: str, cx: Context, local: Mapping[str, onnx.NodeProto] | None = None) -> np.ndarray | None:
@@ -139,7 +159,7 @@ def evaluate(name: str, cx: Context, local: Mapping[str, onnx.NodeProto] | None 
         if v in leaves or not v:
             continue
         if v in cx.evaluated or (v in cx.known and v not in cx.trains):
-            leaves[v] = cx.evaluated.get(v, cx.known.get(v))
+            leaves[v] = cx.evaluated[v] if v in cx.evaluated else cx.known[v]
             continue
         node = producers.get(v)
         if node is None or node.op_type.startswith("Random") or len(needed) > 1000:
