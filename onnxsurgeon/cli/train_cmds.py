@@ -18,6 +18,8 @@ from onnxsurgeon.errors import CheckFailed, InputError
 Model = Annotated[Path, typer.Argument(help="The ONNX model file.", show_default=False, metavar="MODEL")]
 Json = Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
+Fixed = Annotated[list[str] | None, typer.Option("--fixed", help="A data array fed whole at every step (not per example: a sample rate, a trip count). Repeat for several.", show_default=False)]
+BatchAxis = Annotated[list[str] | None, typer.Option("--batch-axis", help="NAME=AXIS: that array holds its examples on AXIS (a state [2,N,128]: state=1). Repeat for several.", show_default=False)]
 
 
 def _same_file(a: Path, b: Path | None) -> bool:
@@ -132,6 +134,8 @@ def train(
     ] = False,
     max_steps: Annotated[int | None, typer.Option("--max-steps", help="Stop this run after so many steps (resume later).")] = None,
     threads: Annotated[int, typer.Option("--threads", help="onnxruntime threads (1 gives exactly reproducible sums).")] = 1,
+    fixed: Fixed = None,
+    batch_axis: BatchAxis = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="Draw the loss per epoch to this PNG (needs matplotlib; else a sparkline is shown).")] = None,
     log: Annotated[Path | None, typer.Option("--log", help="The JSON-lines metrics log (default: OUTPUT.metrics.jsonl, or in --checkpoint-dir).")] = None,
     external_data: Annotated[bool, typer.Option("--external-data", help="Write weights to one file beside the model: OUT.data for -o OUT.")] = False,
@@ -166,15 +170,16 @@ def train(
         checkpoint_dir=str(checkpoint_dir) if checkpoint_dir is not None else None, checkpoint_every=checkpoint_every,
         keep=_keep(keep), resume=resume, max_steps=max_steps, threads=threads,
         resume_from=str(resume_from) if resume_from is not None else None, overwrite=overwrite,
+        fixed=tuple(fixed or ()), batch_axes=data_mod.Layout.parse((), batch_axis or ()).batch_axes,
     )
     source = osg.load(model)
     arrays = load_data(str(data))
     val_arrays = load_data(str(val)) if val is not None else None
     if dry_run:
-        compiled = compile_training(source, arrays, settings.loss, settings.metrics, settings.freeze)
-        checked = data_mod.check(arrays, compiled.wanted, str(data), settings.batch_size)
+        compiled = compile_training(source, arrays, settings.loss, settings.metrics, settings.freeze, settings.layout)
+        checked = data_mod.check(arrays, compiled.wanted, str(data), settings.batch_size, settings.layout)
         if val_arrays is not None:
-            data_mod.check(val_arrays, compiled.wanted, str(val))
+            data_mod.check(val_arrays, compiled.wanted, str(val), layout=settings.layout)
         step_loss = rehearse(source, arrays, settings, data_label=str(data))  # artifacts, session, one step
         report = {
             "plan": compiled.plan.to_dict(), "objective": compiled.objective.to_dict(), "data": checked.to_dict(),
@@ -309,6 +314,8 @@ def eval_(
     data: Annotated[Path, typer.Option("--data", help="An .npz of arrays named after the graph inputs and the metrics' names.", show_default=False)],
     metrics: Annotated[list[str], typer.Option("--metric", help="A metric: 'error(z, labels)', 'hamming(z, t)' or any loss. Repeat for several.", show_default=False)],
     batch_size: Annotated[int, typer.Option("--batch-size", help="Examples per run.")] = 256,
+    fixed: Fixed = None,
+    batch_axis: BatchAxis = None,
     as_json: Json = False,
     quiet: Quiet = False,
 ) -> None:
@@ -318,9 +325,11 @@ def eval_(
     """
     import onnxsurgeon as osg
     from onnxsurgeon.arrays import load_data
+    from onnxsurgeon.train.data import Layout
     from onnxsurgeon.train.evaluate import evaluate
 
-    report = evaluate(osg.load(model), load_data(str(data)), metrics, batch_size, label=str(data))
+    layout = Layout.parse(fixed or (), batch_axis or ())
+    report = evaluate(osg.load(model), load_data(str(data)), metrics, batch_size, label=str(data), fixed=layout.fixed, batch_axes=layout.batch_axes)
     if as_json:
         output.emit_json(report.to_dict())
     elif not quiet:
@@ -338,6 +347,8 @@ def run_(
     out_path: Annotated[Path, typer.Option("-o", "--output", help="The .npz to write the outputs to.", show_default=False)],
     outputs: Annotated[list[str] | None, typer.Option("--out", help="A value to write instead of the graph outputs. Repeat for several.")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="Run in batches of this many examples (default: all at once).")] = None,
+    fixed: Fixed = None,
+    batch_axis: BatchAxis = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Run, and show what would be written; write nothing.")] = False,
     as_json: Json = False,
     quiet: Quiet = False,
@@ -351,23 +362,26 @@ def run_(
     import onnxsurgeon as osg
     from onnxsurgeon import serde
     from onnxsurgeon.arrays import load_data
+    from onnxsurgeon.train.data import Layout
     from onnxsurgeon.train.evaluate import run
 
+    layout = Layout.parse(fixed or (), batch_axis or ())
     if batch_size is not None and batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, not {batch_size}")
     if not out_path.parent.is_dir():
         raise InputError(f"cannot write {out_path}: folder {out_path.parent} does not exist", "create the folder first")
-    results = run(osg.load(model), load_data(str(data)), outputs or (), batch_size, label=str(data))
+    results = run(osg.load(model), load_data(str(data)), outputs or (), batch_size, label=str(data), fixed=layout.fixed, batch_axes=layout.batch_axes)
     shapes = {k: f"{v.dtype}{list(v.shape)}" for k, v in results.items()}
+    extra = {"layout": layout.to_dict()} if layout else {}
     if dry_run:
         if as_json:
-            output.emit_json({"written": None, "outputs": shapes, "dry_run": True})
+            output.emit_json({"written": None, "outputs": shapes, "dry_run": True, **extra})
         elif not quiet:
             output.out.print("would write: " + ", ".join(f"{k} {v}" for k, v in shapes.items()), markup=False)
         return
     serde.write_atomically(out_path, lambda f: np.savez(f, **results))
     if as_json:
-        output.emit_json({"written": str(out_path), "outputs": shapes})
+        output.emit_json({"written": str(out_path), "outputs": shapes, **extra})
     elif not quiet:
         output.out.print(f"wrote {out_path}: " + ", ".join(f"{k} {v}" for k, v in shapes.items()), markup=False)
 

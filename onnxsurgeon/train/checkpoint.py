@@ -246,7 +246,11 @@ _REFUSED_BECAUSE = {
     "shuffle": "the data order of the rest of the epoch would change",
     "optimizer": "the optimizer state in the checkpoint belongs to the old optimizer",
     "momentum": "the optimizer state in the checkpoint does not match (momentum buffers)",
+    "fixed": "the arrays fed whole decide what the batches hold",
+    "batch_axes": "the batches are sliced on these axes",
 }
+# Settings added after checkpoints were first written: an older checkpoint holds their default.
+_DEFAULTS = {"fixed": [], "batch_axes": {}}
 
 
 def compare_settings(found: Checkpoint, expected: Mapping[str, Any], optimizer: Mapping[str, Any],
@@ -256,7 +260,7 @@ def compare_settings(found: Checkpoint, expected: Mapping[str, Any], optimizer: 
     hyperparameters, schedule, epochs under a schedule) are returned, one sentence each,
     to be reported."""
     m = found.meta
-    before = m.get("settings", {})
+    before = {**_DEFAULTS, **m.get("settings", {})}
     differ = [
         f"{k} {before.get(k)!r} (now {v!r}): {_REFUSED_BECAUSE.get(k, 'the run depends on it')}"
         for k, v in expected.items() if before.get(k) != v
@@ -264,7 +268,7 @@ def compare_settings(found: Checkpoint, expected: Mapping[str, Any], optimizer: 
     if differ:
         raise InputError(
             f"checkpoint {found.path} was written by a run with other settings: {'; '.join(differ)}",
-            "an exact resume needs the same data, --batch-size, --seed and optimizer",
+            "an exact resume needs the same data, --batch-size, --seed, optimizer, --fixed and --batch-axis",
         )
     notes = []
     old_opt = m.get("optimizer_settings") or {}

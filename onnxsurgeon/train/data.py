@@ -13,8 +13,8 @@ resumed run sees the same batches as one that never stopped.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -40,27 +40,183 @@ def graph_inputs(model: onnx.ModelProto) -> dict[str, TensorType]:
 
 
 @dataclass(frozen=True)
+class Layout:
+    """Where the examples of each data array lie.
+
+    By default every array holds one example per index of its first axis. A `fixed` array
+    is fed whole at every step (a sample rate, a trip count, a weight); an array in
+    `batch_axes` holds its examples on that axis (a state ``[2, N, 128]``: axis 1), and
+    batches are sliced there. Names are those of the arrays in the data (exact, or by alias).
+    """
+
+    fixed: tuple[str, ...] = ()
+    batch_axes: tuple[tuple[str, int], ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "fixed", tuple(self.fixed))
+        axes = self.batch_axes.items() if isinstance(self.batch_axes, Mapping) else self.batch_axes
+        object.__setattr__(self, "batch_axes", tuple((str(k), int(v)) for k, v in axes))
+        problems = []
+        seen: dict[str, int] = {}
+        for name, axis in self.batch_axes:
+            if axis < 0:
+                problems.append(f"--batch-axis {name}={axis}: the axis must be >= 0")
+            if seen.get(name, axis) != axis:
+                problems.append(f"--batch-axis gives {name!r} two axes ({seen[name]} and {axis})")
+            seen[name] = axis
+        both = sorted(set(self.fixed) & set(seen))
+        if both:
+            problems.append(f"{', '.join(map(repr, both))} given both as --fixed and --batch-axis")
+        if problems:
+            raise InputError("; ".join(problems), "--fixed NAME feeds an array whole; --batch-axis NAME=AXIS slices it on AXIS")
+
+    @classmethod
+    def parse(cls, fixed: Sequence[str] = (), batch_axes: Sequence[str] = ()) -> Layout:
+        """From the command line's ``--fixed NAME`` and ``--batch-axis NAME=AXIS`` options."""
+        pairs = []
+        for text in batch_axes:
+            name, sep, axis = text.rpartition("=")
+            try:
+                pairs.append((name, int(axis)))
+            except ValueError:
+                sep = ""
+            if not sep or not name:
+                raise InputError(f"--batch-axis {text!r} is not NAME=AXIS", "e.g. --batch-axis state=1")
+        return cls(tuple(fixed), tuple(pairs))
+
+    def __bool__(self) -> bool:
+        return bool(self.fixed or self.batch_axes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"fixed": sorted(self.fixed), "batch_axes": dict(sorted(self.batch_axes))}
+
+    def bind(self, keys: Sequence[str], others: Sequence[str] = ()) -> tuple[dict[str, int | None], list[str]]:
+        """The axis of each named array (None: fixed), keyed by the array's name in the data,
+        and the problems: names that match no array (nor one of `others`)."""
+        by_alias: dict[str, list[str]] = {}
+        for k in keys:
+            by_alias.setdefault(alias(k), []).append(k)
+        axes: dict[str, int | None] = {}
+        problems = []
+        other_aliases = {alias(o) for o in others}
+        for name, axis in [*((n, None) for n in self.fixed), *self.batch_axes]:
+            option = "--fixed" if axis is None else "--batch-axis"
+            if name in keys:
+                axes[name] = axis
+                continue
+            if name in others or (alias(name) in other_aliases and alias(name) not in by_alias):
+                continue
+            hits = by_alias.get(alias(name), [])
+            if len(hits) == 1:
+                axes[hits[0]] = axis
+            elif hits:
+                problems.append(f"{option} {name!r} matches several arrays by alias: {', '.join(hits)}")
+            else:
+                close = difflib.get_close_matches(name, list(keys), n=3, cutoff=0.6)
+                close = close or [k for k in keys if k.lower() == name.lower()]
+                did = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+                problems.append(f"{option} {name!r}: the data holds no array of that name{did}")
+        return axes, problems
+
+
+def take(array: Any, indices: np.ndarray, axis: int = 0) -> np.ndarray:
+    """The entries at `indices` along `axis` of an array (or of a :class:`Joined` one)."""
+    if isinstance(array, Joined):
+        return array.take(indices, axis)
+    if axis == 0:
+        return array[indices]
+    return np.take(array, indices, axis=axis)
+
+
+class Joined:
+    """Arrays from several files joined on an axis without copying: only the rows a batch
+    asks for are read."""
+
+    def __init__(self, parts: Sequence[np.ndarray], axis: int = 0) -> None:
+        self.parts = list(parts)
+        self.axis = axis
+        self.bounds = np.cumsum([0] + [p.shape[axis] for p in self.parts])
+        first = self.parts[0]
+        self.dtype = first.dtype
+        shape = list(first.shape)
+        shape[axis] = int(self.bounds[-1])
+        self.shape = tuple(shape)
+        self.ndim = len(shape)
+
+    def take(self, indices: np.ndarray, axis: int) -> np.ndarray:
+        if axis != self.axis:  # joined on another axis: a bug in the caller
+            raise ValueError(f"joined on axis {self.axis}, not {axis}")
+        indices = np.asarray(indices)
+        shape = list(self.shape)
+        shape[axis] = len(indices)
+        out = np.empty(shape, self.dtype)
+        moved = np.moveaxis(out, axis, 0)
+        part = np.searchsorted(self.bounds, indices, side="right") - 1
+        for i in np.unique(part):
+            mask = part == i
+            moved[mask] = np.moveaxis(take(self.parts[i], indices[mask] - self.bounds[i], axis), axis, 0)
+        return out
+
+    def __array__(self, dtype=None, copy=None):
+        whole = np.concatenate(self.parts, axis=self.axis)
+        return whole if dtype is None else whole.astype(dtype)
+
+
+@dataclass(frozen=True)
 class Dataset:
-    """The arrays a run uses, cast and checked, and what was left out."""
+    """The arrays a run uses, checked, and what was left out.
+
+    Arrays stay as given (memory-mapped ones are not read); :meth:`batch` reads and casts
+    only the examples it is asked for, so a share of a batch (one rank's rows) is read alone.
+    """
 
     label: str  # the file, for messages
-    arrays: Mapping[str, np.ndarray]
+    arrays: Mapping[str, Any]
     examples: int
     unused: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    axes: Mapping[str, int | None] = field(default_factory=dict)  # by graph name: None = fixed, default 0
+    casts: Mapping[str, np.dtype] = field(default_factory=dict)  # the graph's type where the data's differs
+    layout: Layout = field(default_factory=Layout)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        report = {
             "file": self.label,
             "examples": self.examples,
-            "arrays": {k: f"{v.dtype}{list(v.shape)}" for k, v in self.arrays.items()},
+            "arrays": {k: f"{np.dtype(self.casts.get(k, v.dtype))}{list(v.shape)}" for k, v in self.arrays.items()},
             "unused": list(self.unused),
             "notes": list(self.notes),
         }
+        if self.layout:
+            report["layout"] = self.layout.to_dict()
+        return report
+
+    def axis(self, name: str) -> int | None:
+        """The axis on which `name` holds its examples; None for a fixed array."""
+        return self.axes.get(name, 0)
 
     def batch(self, indices: np.ndarray) -> dict[str, np.ndarray]:
-        """The arrays of the examples at `indices`, contiguous."""
-        return {k: np.ascontiguousarray(v[indices]) for k, v in self.arrays.items()}
+        """The arrays of the examples at `indices` (fixed arrays whole), contiguous and in
+        the graph's types. Only those examples are read."""
+        out = {}
+        for k, v in self.arrays.items():
+            axis = self.axes.get(k, 0)
+            out[k] = self._fixed(k) if axis is None else self._cast(k, take(v, indices, axis))
+        return out
+
+    def _cast(self, name: str, part: np.ndarray) -> np.ndarray:
+        dtype = self.casts.get(name)
+        return np.ascontiguousarray(part if dtype is None else part.astype(dtype))
+
+    def _fixed(self, name: str) -> np.ndarray:
+        cache = self.__dict__.setdefault("_fixed_cache", {})
+        if name not in cache:
+            cache[name] = self._cast(name, np.asarray(self.arrays[name]))
+        return cache[name]
+
+    def whole(self) -> dict[str, np.ndarray]:
+        """Every array whole, in the graph's types."""
+        return {k: self._fixed(k) if self.axes.get(k, 0) is None else self._cast(k, np.asarray(v)) for k, v in self.arrays.items()}
 
 
 def _kind(dtype: np.dtype) -> str:
@@ -78,22 +234,30 @@ def _show(dims: tuple) -> str:
 
 
 def check(
-    arrays: Mapping[str, np.ndarray],
+    arrays: Mapping[str, Any],
     wanted: Mapping[str, TensorType],
     label: str,
     batch_size: int | None = None,
+    layout: Layout | None = None,
+    others: Sequence[str] = (),
 ) -> Dataset:
-    """Match `arrays` to the `wanted` types (first dim = the example) and report every problem.
+    """Match `arrays` to the `wanted` types and report every problem at once.
 
-    A wanted name is found exactly or by its alias (``input_1`` for ``input.1``). Arrays that
-    nothing reads are listed as unused.
+    A wanted name is found exactly or by its alias (``input_1`` for ``input.1``). Each array
+    holds its examples on axis 0, on the axis `layout` gives, or is fixed (fed whole).
+    Arrays that nothing reads are listed as unused. `others` are names `layout` may give
+    that are not arrays (the outputs of ``run``).
     """
+    layout = layout or Layout()
     problems: list[str] = []
     notes: list[str] = []
-    found: dict[str, np.ndarray] = {}
+    found: dict[str, Any] = {}
+    axes: dict[str, int | None] = {}
+    casts: dict[str, np.dtype] = {}
     by_alias: dict[str, list[str]] = {}
     for key in arrays:
         by_alias.setdefault(alias(key), []).append(key)
+    key_axes, problems = layout.bind(list(arrays), others)
     used: set[str] = set()
     for name, want in wanted.items():
         key = name if name in arrays else None
@@ -111,47 +275,72 @@ def check(
             problems.append(f"no array named {name!r}{did}")
             continue
         used.add(key)
-        array = np.asarray(arrays[key])
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(want.elem)
+        array = arrays[key]
+        if not hasattr(array, "dtype") or not hasattr(array, "shape"):
+            array = np.asarray(array)
+        axis = key_axes.get(key, 0)
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(want.elem))
         if array.dtype != dtype:
-            same = _kind(array.dtype) == _kind(np.dtype(dtype)) and _kind(array.dtype) in ("float", "int")
-            if same or (_kind(array.dtype) == "bool" and _kind(np.dtype(dtype)) == "float"):
-                notes.append(f"{key}: {array.dtype} cast to {np.dtype(dtype)}")
-                array = array.astype(dtype)
+            same = _kind(array.dtype) == _kind(dtype) and _kind(array.dtype) in ("float", "int")
+            if same or (_kind(array.dtype) == "bool" and _kind(dtype) == "float"):
+                notes.append(f"{key}: {array.dtype} cast to {dtype}")
+                casts[name] = dtype
             else:
-                problems.append(f"array {key!r} is {array.dtype}, the graph wants {np.dtype(dtype)} for {name!r}")
+                problems.append(f"array {key!r} is {array.dtype}, the graph wants {dtype} for {name!r}")
                 continue
-        if array.ndim == 0:
-            problems.append(f"array {key!r} is a scalar; its first axis must be the example")
+        where = "fed whole (--fixed)" if axis is None else f"axis {axis} = example"
+        if axis is not None and array.ndim <= axis:
+            what = "a scalar" if array.ndim == 0 else f"of rank {array.ndim}"
+            hint = "; if it is not per example, give --fixed " + key if array.ndim == 0 or axis else ""
+            problems.append(f"array {key!r} is {what}; its axis {axis} must be the example{hint}")
             continue
         if want.shape is not None:
             if array.ndim != len(want.shape):
                 problems.append(
                     f"array {key!r} has shape {list(array.shape)}, {name!r} wants rank {len(want.shape)} "
-                    f"{_show(want.shape)} (first axis = example)"
+                    f"{_show(want.shape)} ({where})"
                 )
                 continue
             bad = [
                 f"dim {i} is {got}, not {d}"
                 for i, (got, d) in enumerate(zip(array.shape, want.shape))
-                if i > 0 and isinstance(d, int) and got != d
+                if i != axis and isinstance(d, int) and got != d
             ]
             if bad:
-                problems.append(f"array {key!r} has shape {list(array.shape)}, {name!r} wants {_show(want.shape)}: {'; '.join(bad)}")
+                problems.append(f"array {key!r} has shape {list(array.shape)}, {name!r} wants {_show(want.shape)}: {'; '.join(bad)} ({where})")
                 continue
-            first = want.shape[0]
+            first = want.shape[axis] if axis is not None else None
             if isinstance(first, int) and batch_size is not None and first != batch_size:
+                symbolic = [i for i, d in enumerate(want.shape) if not isinstance(d, int)]
+                other = f", or --batch-axis {key}={symbolic[0]} if its examples lie on axis {symbolic[0]}" if symbolic else ""
                 problems.append(
-                    f"{name!r} has a fixed batch size of {first} in the model; use --batch-size {first} "
-                    "or export the model with a dynamic first axis"
+                    f"{name!r} has a fixed batch size of {first} in the model (axis {axis}); use --batch-size {first}"
+                    f"{other}, or --fixed {key} if it is not per example"
                 )
         found[name] = array
-    counts = {name: a.shape[0] for name, a in found.items()}
+        if axis != 0:
+            axes[name] = axis
+    symbols: dict[str, str] = {}
+    for n in found:
+        a, shape = axes.get(n, 0), wanted[n].shape
+        if a is not None and shape is not None and isinstance(shape[a], str):
+            symbols.setdefault(shape[a], n)
+    for name in found:
+        shape = wanted[name].shape if axes.get(name, 0) is None else None
+        for i, d in enumerate(shape or ()):
+            if d in symbols:  # its size must be the batch's, which a whole array cannot follow
+                problems.append(
+                    f"{name!r} is --fixed, but its dim {i} is {d!r}, the examples' axis of {symbols[d]!r}: "
+                    f"it must follow the batch; give --batch-axis {name}={i}"
+                )
+    counts = {name: a.shape[axes.get(name, 0)] for name, a in found.items() if axes.get(name, 0) is not None}
     if len(set(counts.values())) > 1:
         problems.append(
-            "arrays disagree on the number of examples (first axis): "
+            "arrays disagree on the number of examples (" + ("first axis" if not layout.batch_axes else "their batch axes") + "): "
             + ", ".join(f"{k} has {v}" for k, v in counts.items())
         )
+    if found and not counts:
+        problems.append(f"every array of {label} is --fixed: at least one must hold the examples")
     if counts and not any(counts.values()):
         problems.append(f"{label} holds no examples")
     if problems:
@@ -162,7 +351,7 @@ def check(
         )
     examples = next(iter(counts.values())) if counts else 0
     unused = tuple(k for k in arrays if k not in used)
-    return Dataset(label, found, examples, unused, tuple(notes))
+    return Dataset(label, found, examples, unused, tuple(notes), axes, casts, layout)
 
 
 def order(examples: int, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:

@@ -62,8 +62,11 @@ class TrainSettings:
     overwrite: bool = False  # a fresh run may replace the checkpoints in checkpoint_dir
     max_steps: int | None = None  # stop this run after so many steps (resume later)
     threads: int = 1
+    fixed: tuple[str, ...] = ()  # data arrays fed whole at every step
+    batch_axes: tuple[tuple[str, int], ...] = ()  # (array, axis): its examples lie on that axis
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "batch_axes", self.layout.batch_axes)
         problems = []
         if self.epochs < 1:
             problems.append(f"--epochs must be at least 1, not {self.epochs}")
@@ -83,6 +86,11 @@ class TrainSettings:
             problems.append("--resume and --checkpoint-every need --checkpoint-dir DIR")
         if problems:
             raise InputError("; ".join(problems))
+
+
+    @property
+    def layout(self) -> data_mod.Layout:
+        return data_mod.Layout(self.fixed, self.batch_axes)
 
 
 @dataclass(frozen=True)
@@ -159,7 +167,10 @@ class Compiled:
     sha256: str
 
 
-def compile_training(model: onnx.ModelProto, /, arrays: Mapping[str, np.ndarray], loss: str, metrics: tuple[str, ...] = (), freeze: tuple[str, ...] = ()) -> Compiled:
+def compile_training(
+    model: onnx.ModelProto, /, arrays: Mapping[str, np.ndarray], loss: str, metrics: tuple[str, ...] = (),
+    freeze: tuple[str, ...] = (), layout: data_mod.Layout | None = None,
+) -> Compiled:
     """Prepare `model`, compile `loss` and `metrics` into it and decide what is trained."""
     frozen = prepare.frozen_names(model, freeze)
     prepared, prep = prepare.prepare(model, frozen)
@@ -169,15 +180,20 @@ def compile_training(model: onnx.ModelProto, /, arrays: Mapping[str, np.ndarray]
     model_values, data_names, missing = losses.split_names(prepared, read, arrays)
     if missing:
         raise losses.unknown_names_error(missing, prepared, arrays, "the data")
-    batch = losses.batch_symbol(prepared)
+    axes, _ = (layout or data_mod.Layout()).bind(list(arrays))
+    batch = losses.batch_symbol(prepared, axes)
     float_elem = _float_elem(prepared)
-    types = {n: losses.data_type(np.asarray(arrays[n]), float_elem, batch) for n in data_names}
-    objective_model, objective = losses.compile_objective(prepared, loss, metrics, types, params)
+    types = {n: losses.data_type(_array_like(arrays[n]), float_elem, batch, axes.get(n, 0)) for n in data_names}
+    objective_model, objective = losses.compile_objective(prepared, loss, metrics, types, params, batch)
     plan = prepare.plan(objective_model, objective.loss_output or "", params, prep)
     wanted = data_mod.graph_inputs(objective_model)
     digest = hashlib.sha256(objective_model.SerializeToString())
     digest.update(repr((plan.trainable, plan.running_stats)).encode())
     return Compiled(objective_model, objective, plan, wanted, digest.hexdigest())
+
+
+def _array_like(value: Any) -> Any:
+    return value if hasattr(value, "dtype") and hasattr(value, "shape") else np.asarray(value)
 
 
 def _float_elem(model: onnx.ModelProto) -> int:
@@ -218,9 +234,10 @@ def train(
     and writes checkpoints, and every rank returns the same model."""
 
     def set_up():
-        compiled = compile_training(model, data, settings.loss, settings.metrics, settings.freeze)
-        train_set = data_mod.check(data, compiled.wanted, data_label, settings.batch_size)
-        val_set = data_mod.check(val, compiled.wanted, val_label) if val is not None else None
+        layout = settings.layout
+        compiled = compile_training(model, data, settings.loss, settings.metrics, settings.freeze, layout)
+        train_set = data_mod.check(data, compiled.wanted, data_label, settings.batch_size, layout)
+        val_set = data_mod.check(val, compiled.wanted, val_label, layout=layout) if val is not None else None
         return compiled, train_set, val_set
 
     compiled, train_set, val_set = world.together(set_up)
@@ -257,8 +274,8 @@ def rehearse(model: onnx.ModelProto, /, data: Mapping[str, np.ndarray], settings
     refuses (a missing kernel, a shape it rejects) is reported before a long run. Nothing is
     written or kept; returns the loss of that step."""
     one = dataclasses.replace(settings, epochs=1, max_steps=1, checkpoint_dir=None, checkpoint_every=None, resume=False)
-    compiled = compile_training(model, data, one.loss, one.metrics, one.freeze)
-    train_set = data_mod.check(data, compiled.wanted, data_label, one.batch_size)
+    compiled = compile_training(model, data, one.loss, one.metrics, one.freeze, one.layout)
+    train_set = data_mod.check(data, compiled.wanted, data_label, one.batch_size, one.layout)
     steps: list[float] = []
     with tempfile.TemporaryDirectory(prefix="onnxsurgeon-dry-run-") as work:
         paths = artifacts.build(compiled.model, list(compiled.plan.trainable), list(compiled.plan.running_stats), work, one.optimizer.ort_adamw())
@@ -396,6 +413,7 @@ class _Run:
         return {
             "examples": self.train_set.examples, "batch_size": s.batch_size, "seed": s.seed, "shuffle": s.shuffle,
             "optimizer": s.optimizer.name, "momentum": bool(s.optimizer.name == "sgd" and s.optimizer.momentum),
+            **s.layout.to_dict(),  # checkpoints written before --fixed existed lack these: read as the defaults
         }
 
     def _check_fits(self, found: checkpoint.Checkpoint) -> None:

@@ -79,21 +79,24 @@ class Objective:
         }
 
 
-def batch_symbol(model: onnx.ModelProto) -> str | int:
-    """The example axis: the first symbolic dim of the first graph input; its size where
-    every input has a fixed first dim (a model exported for one batch size: its labels
-    must have that many examples, not a symbolic number)."""
+def batch_symbol(model: onnx.ModelProto, axes: Mapping[str, int | None] | None = None) -> str | int:
+    """The example axis: the symbolic dim of the first graph input on its batch axis
+    (`axes`: 0 unless given; None for an input fed whole); its size where every such input
+    has a fixed size there (a model exported for one batch size: its labels must have that
+    many examples, not a symbolic number)."""
     inits = {t.name for t in model.graph.initializer}
+    axes = axes or {}
     fixed: int | None = None
     for v in model.graph.input:
-        if v.name in inits or v.type.WhichOneof("value") != "tensor_type":
+        axis = axes.get(v.name, 0)
+        if v.name in inits or v.type.WhichOneof("value") != "tensor_type" or axis is None:
             continue
         dims = v.type.tensor_type.shape.dim
-        if dims and dims[0].dim_param:
-            return dims[0].dim_param
-        if fixed is None and dims and dims[0].dim_value > 0:
-            fixed = dims[0].dim_value
-        elif dims and not dims[0].dim_value:
+        if len(dims) > axis and dims[axis].dim_param:
+            return dims[axis].dim_param
+        if fixed is None and len(dims) > axis and dims[axis].dim_value > 0:
+            fixed = dims[axis].dim_value
+        elif len(dims) > axis and not dims[axis].dim_value:
             return "N"
     return fixed if fixed is not None else "N"
 
@@ -121,16 +124,19 @@ def value_types(model: onnx.ModelProto) -> dict[str, TensorType]:
     return types
 
 
-def data_type(array: np.ndarray, float_elem: int, batch: str | int) -> TensorType:
+def data_type(array: np.ndarray, float_elem: int, batch: str | int, axis: int | None = 0) -> TensorType:
     """The graph type of a data array a loss reads: floats and booleans in the model's float
-    type, integers as int64, the first axis the example."""
+    type, integers as int64, the example on `axis` (None: a fixed array, its own shape)."""
     if np.issubdtype(array.dtype, np.integer):
         elem = onnx.TensorProto.INT64
     elif np.issubdtype(array.dtype, np.floating) or array.dtype == np.bool_:
         elem = float_elem
     else:
         raise InputError(f"a loss cannot read an array of type {array.dtype}", "store numbers: floats, integers or booleans")
-    return TensorType(elem, (batch, *array.shape[1:]))
+    shape: list = list(array.shape)
+    if axis is not None and axis < len(shape):
+        shape[axis] = batch
+    return TensorType(elem, tuple(shape))
 
 
 def names_read(expressions: Sequence[str]) -> list[str]:
@@ -365,6 +371,7 @@ def compile_objective(
     metrics: Sequence[str] = (),
     data: Mapping[str, TensorType] = {},
     params: set[str] = frozenset(),  # type: ignore[assignment]
+    batch: str | int | None = None,  # the example axis's symbol, if not that of the first input's first axis
 ) -> tuple[onnx.ModelProto, Objective]:
     """A copy of `model` whose outputs are the loss (a scalar, first) and the metrics.
 
@@ -385,7 +392,7 @@ def compile_objective(
     index = GraphIndex(model.graph)
     b = Builder(taken=[*index.value_names(), *(n.name for n in model.graph.node if n.name), *data])
     scope: dict[str, Value] = {}
-    batch = batch_symbol(model)
+    batch = batch or batch_symbol(model)
     for name, value in model_values.items():
         t = types.get(value)
         if t is None:
