@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from onnxsurgeon import dtypes, meta, modes, runtime, serde
+from onnxsurgeon import datafiles, dtypes, meta, modes, runtime, serde
 from onnxsurgeon.arrays import random_inputs
 from onnxsurgeon.errors import InputError
 from onnxsurgeon.graph import GraphIndex, upstream
@@ -125,7 +125,8 @@ def verify(
 
 
 def _check_data(index: GraphIndex, feeds: dict[str, np.ndarray]) -> None:
-    """Arrays must fit the declared input types; say which does not, before running."""
+    """Arrays must fit the declared input types; say which does not, before running. Arrays
+    of another float (int) type are cast in place, as train, eval and run cast them."""
     problems = []
     for name, array in feeds.items():
         t = index.inputs[name].type
@@ -136,6 +137,8 @@ def _check_data(index: GraphIndex, feeds: dict[str, np.ndarray]) -> None:
         # some exporters write -1 (or 0) for a dynamic dim
         dims = [d.dim_value if d.WhichOneof("value") == "dim_value" and d.dim_value > 0 else None
                 for d in t.tensor_type.shape.dim]
+        if dtype is not None and array.dtype != dtype and datafiles.castable(array.dtype, dtype):
+            array = feeds[name] = array.astype(dtype)
         fits = (dtype is None or array.dtype == dtype) and (
             not t.tensor_type.HasField("shape")
             or (array.ndim == len(dims) and all(d is None or d == s for d, s in zip(dims, array.shape)))

@@ -640,6 +640,14 @@ def test_verify_data_with_wrong_dtype(tmp_path, capsys, piece):
     assert_error(code, err, BAD_INPUT, "int64", "float")
 
 
+def test_verify_casts_float64_as_train_does(tmp_path, capsys, piece):
+    """numpy's default float64 is cast to the input's float32 by verify as by train, eval, run."""
+    data = tmp_path / "data.npz"
+    np.savez(data, input=np.random.default_rng(0).random((2, 64)))
+    code, out, err = run(["verify", AE, piece, "--data", data], capsys)
+    assert code == OK and "Traceback" not in err, err
+
+
 # --- training -------------------------------------------------------------------------------
 
 
@@ -703,6 +711,51 @@ def test_train_op_without_gradient(tmp_path, capsys):
     out = tmp_path / "t.onnx"
     code, _, err = run(["train", path, "--data", tmp_path / "d.npz", "--loss", "mse(y, t)", "-o", out], capsys)
     assert_error(code, err, BAD_INPUT, "no gradient for 1 node", "node 'act' (Round), after 'W1'", hint=("--freeze",))
+    assert_not_written(out)
+
+
+def _classifier(tmp_path: Path, labels: np.ndarray) -> tuple[Path, Path]:
+    w = numpy_helper.from_array(np.ones((2, 3), np.float32), "W")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["z"])], "c",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 3])], [w])
+    model = save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "c.onnx")
+    np.savez(tmp_path / "d.npz", x=np.ones((len(labels), 2), np.float32), labels=labels)
+    return model, tmp_path / "d.npz"
+
+
+@pytest.mark.parametrize("labels, words", [
+    (np.array([0, 2, 3, 1]), ("array 'labels' holds class indices outside 0 to 2 (ce(z, labels)): 3 (1 in all; 3 at [2])",)),
+    (np.array([0, -1, 2, 1]), ("outside 0 to 2", "-1 at [1]")),
+])
+def test_train_and_eval_class_indices_out_of_range(tmp_path, capsys, labels, words):
+    model, data = _classifier(tmp_path, labels)
+    out = tmp_path / "t.onnx"
+    code, _, err = run(["train", model, "--data", data, "--loss", "ce(z, labels)", "-o", out], capsys)
+    assert_error(code, err, BAD_INPUT, *words, hint=("from 0 to the number of classes - 1",))
+    assert_not_written(out)
+    code, _, err = run(["eval", model, "--data", data, "--metric", "error(z, labels)"], capsys)
+    assert_error(code, err, BAD_INPUT, "holds class indices outside 0 to 2 (error(z, labels))")
+
+
+def test_train_float_labels_shaped_like_indices(tmp_path, capsys):
+    model, data = _classifier(tmp_path, np.array([0.0, 2.0, 1.0, 1.0]))
+    code, _, err = run(["train", model, "--data", data, "--loss", "ce(z, labels)", "-o", tmp_path / "t.onnx"], capsys)
+    assert_error(code, err, BAD_INPUT, "ce: labels (float32[N]) has the shape of class indices, but holds floats",
+                 hint=("labels.astype(numpy.int64)",))
+
+
+def test_train_layout_and_data_files_errors(ae_data, tmp_path, capsys):
+    out = tmp_path / "t.onnx"
+    code, _, err = run(train_argv(ae_data, out, "--fixed", "inptu"), capsys)
+    assert_error(code, err, BAD_INPUT, "--fixed 'inptu': the data holds no array of that name; did you mean 'input'?")
+    code, _, err = run(train_argv(ae_data, out, "--batch-axis", "input"), capsys)
+    assert_error(code, err, BAD_INPUT, "--batch-axis 'input' is not NAME=AXIS", hint=("state=1",))
+    code, _, err = run(train_argv(tmp_path / "shards-*.npz", out), capsys)
+    assert_error(code, err, BAD_INPUT, "no file matches", hint=("quote it",))
+    (tmp_path / "empty").mkdir()
+    code, _, err = run(train_argv(tmp_path / "empty", out), capsys)
+    assert_error(code, err, BAD_INPUT, "holds no .npy files", hint=("NAME.npy",))
     assert_not_written(out)
 
 

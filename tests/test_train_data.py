@@ -189,3 +189,142 @@ def test_silero_vad_trains_with_its_state_fixed(cli, tmp_path):
     code, after, err = cli("eval", tmp_path / "t.onnx", *args, "--metric", "mse(speech_probs, target)", "--json")
     assert code == 0, err
     assert json.loads(after)["metrics"]["mse(speech_probs, target)"] < json.loads(before)["metrics"]["mse(speech_probs, target)"]
+
+
+# ---------------------------------------------------------------- data files: folders, several files, on disk
+
+
+def _mlp_files(tmp_path):
+    from test_train import DATA
+    from test_train_stack import mlp
+
+    osg.save(mlp(), tmp_path / "mlp.onnx")
+    np.savez(tmp_path / "one.npz", **DATA)
+    (tmp_path / "folder").mkdir()
+    for k, v in DATA.items():
+        np.save(tmp_path / "folder" / f"{k}.npy", v)
+    np.savez(tmp_path / "part1.npz", **{k: v[:15] for k, v in DATA.items()})
+    np.savez(tmp_path / "part2.npz", **{k: v[15:] for k, v in DATA.items()})
+    np.savez(tmp_path / "feat.npz", x=DATA["x"])
+    np.save(tmp_path / "labels.npy", DATA["labels"])
+    return DATA
+
+
+def test_every_data_form_trains_to_the_same_bits(cli, tmp_path):
+    """One .npz, a folder of .npy, two shards, a glob, features and labels in two files:
+    the same data set, the same epoch order, the same trained model bit for bit."""
+    _mlp_files(tmp_path)
+    forms = {
+        "npz": ["one.npz"], "folder": ["folder"], "shards": ["part1.npz", "part2.npz"], "glob": [str(tmp_path / "part*.npz")],
+        "columns": ["feat.npz", "labels.npy"],
+    }
+    digests = {}
+    for name, files in forms.items():
+        data = [a for f in files for a in ("--data", f if name == "glob" else tmp_path / f)]
+        code, stdout, err = cli("train", tmp_path / "mlp.onnx", *data, "--loss", "ce(y, labels)", "--optimizer", "sgd", "--lr", "0.1",
+                                "--momentum", "0.9", "--epochs", "2", "--batch-size", "8", "--seed", "1",
+                                "-o", tmp_path / f"{name}.onnx", "--json")
+        assert code == 0, (name, err)
+        assert json.loads(stdout)["data"]["examples"] == 40
+        digests[name] = (tmp_path / f"{name}.onnx").read_bytes()
+    assert len(set(digests.values())) == 1
+    code, _, err = cli("eval", tmp_path / "mlp.onnx", "--data", tmp_path / "part1.npz", "--data", tmp_path / "feat.npz",
+                       "--metric", "error(y, labels)")
+    assert code == 2 and "disagree on the number of examples" in err
+    code, _, err = cli("eval", tmp_path / "mlp.onnx", "--data", str(tmp_path / "nothing*.npz"), "--metric", "error(y, labels)")
+    assert code == 2 and "no file matches" in err
+
+
+def test_arrays_stay_on_disk_and_batches_read_their_rows(tmp_path):
+    from onnxsurgeon import datafiles
+
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal((9, 4, 3)).astype(np.float32)
+    f = np.asfortranarray(rng.standard_normal((9, 2)))
+    np.savez(tmp_path / "d.npz", a=a, f=f, s=np.array(16000), e=np.zeros((0, 3)))
+    np.save(tmp_path / "a.npy", a)
+    opened = datafiles.open_data(tmp_path / "d.npz")
+    assert isinstance(opened["a"], datafiles.FileArray) and isinstance(opened["f"], np.memmap)
+    assert int(opened["s"]) == 16000 and opened["e"].shape == (0, 3)
+    idx = np.array([7, 0, 3, 3, 8, 1])
+    for arr in (opened["a"], datafiles.open_data(tmp_path / "a.npy")["a"]):
+        for axis in range(3):
+            i = idx % a.shape[axis]
+            np.testing.assert_array_equal(datafiles.take(arr, i, axis), np.take(a, i, axis=axis))
+        np.testing.assert_array_equal(np.asarray(arr), a)
+    np.testing.assert_array_equal(datafiles.take(opened["f"], idx, 0), f[idx])
+    # a compressed member is read whole, and said so above the threshold
+    np.savez_compressed(tmp_path / "c.npz", a=a)
+    small = datafiles.open_data(tmp_path / "c.npz")
+    assert isinstance(small["a"], np.ndarray) and not small.warnings
+    old, datafiles.COMPRESSED_WARN = datafiles.COMPRESSED_WARN, 100
+    try:
+        assert "is compressed: it is read whole" in datafiles.open_data(tmp_path / "c.npz").warnings[0]
+    finally:
+        datafiles.COMPRESSED_WARN = old
+
+
+def test_crafted_data_files_are_refused(tmp_path):
+    from onnxsurgeon import datafiles
+
+    x = np.zeros((3, 4), np.float32)
+    np.save(tmp_path / "x.npy", x)
+    raw = (tmp_path / "x.npy").read_bytes()
+    (tmp_path / "big.npy").write_bytes(raw.replace(b"(3, 4)", b"(9, 4)"))  # the header claims more than is there
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    (tmp_path / "short.npy").write_bytes(raw[:5])
+    np.savez(tmp_path / "z.npz", x=x)
+    z = bytearray((tmp_path / "z.npz").read_bytes())
+    z[0:4] = b"XXXX"  # the local header is gone, the central directory still points at it
+    (tmp_path / "nolocal.npz").write_bytes(bytes(z))
+    expected = {"big.npy": "header says", "obj.npy": "never unpickled", "short.npy": "not a readable .npy",
+                "nolocal.npz": "no local header"}
+    for name, message in expected.items():
+        with pytest.raises(InputError, match=message):
+            datafiles.open_data(tmp_path / name)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="holds no .npy files"):
+        datafiles.open_data(tmp_path / "empty")
+
+
+def test_crafted_and_damaged_npz_through_run(cli, tmp_path):
+    """The crafted files of the fuzz test, and random damage, through run (the reader of
+    train, eval and run): exit 2, never a traceback (the cli fixture checks)."""
+    from test_fuzz import crafted_npz, mutate
+
+    from onnxsurgeon.serde import load
+
+    shutil_model = tmp_path / "ae.onnx"
+    osg.save(load(Path(__file__).resolve().parents[1] / "fixtures" / "autoencoder.onnx"), shutil_model)
+    for name in crafted_npz(tmp_path)[:6]:
+        code, _, err = cli("run", shutil_model, "--data", tmp_path / name, "-o", tmp_path / "o.npz", "-q")
+        assert code == 2, (name, err)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3, 64)).astype(np.float32)
+    np.savez(tmp_path / "plain.npz", input=x)
+    base = (tmp_path / "plain.npz").read_bytes()
+    for k in range(40):
+        _, data = mutate(base, rng)
+        (tmp_path / "m.npz").write_bytes(data)
+        code, _, err = cli("run", shutil_model, "--data", tmp_path / "m.npz", "-o", tmp_path / "o.npz", "-q")
+        assert code in (0, 2), err
+
+
+def test_run_streams_its_outputs(tmp_path):
+    from onnxsurgeon.train.evaluate import run_to_file
+
+    model, data = lstm_h0(), lstm_data(23)
+    inputs = {k: data[k] for k in ("x", "h0")}
+    axes = (*LSTM_AXES, ("hn", 1))
+    whole = run(model, inputs, batch_axes=LSTM_AXES)
+    shapes = run_to_file(model, inputs, tmp_path / "o.npz", batch_size=4, batch_axes=axes)
+    assert shapes == {"z": "float32[23, 1]", "hn": "float32[1, 23, 4]"}
+    assert [p.name for p in tmp_path.iterdir()] == ["o.npz"]  # no scratch left
+    with np.load(tmp_path / "o.npz") as f:
+        for k in whole:
+            np.testing.assert_allclose(f[k], whole[k], rtol=1e-6, atol=1e-7)
+    assert run_to_file(model, inputs, tmp_path / "dry.npz", batch_size=4, batch_axes=axes, write=False) == shapes
+    assert not (tmp_path / "dry.npz").exists()
+    with pytest.raises(InputError, match="--batch-axis hn=AXIS"):
+        run_to_file(model, inputs, tmp_path / "bad.npz", batch_size=4, batch_axes=LSTM_AXES)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.npz"]

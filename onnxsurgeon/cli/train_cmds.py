@@ -19,6 +19,7 @@ Model = Annotated[Path, typer.Argument(help="The ONNX model file.", show_default
 Json = Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
 Fixed = Annotated[list[str] | None, typer.Option("--fixed", help="A data array fed whole at every step (not per example: a sample rate, a trip count). Repeat for several.", show_default=False)]
+DataHelp = "Repeat, or a glob, for several files forming one data set; .npy and stored .npz members are memory-mapped."
 BatchAxis = Annotated[list[str] | None, typer.Option("--batch-axis", help="NAME=AXIS: that array holds its examples on AXIS (a state [2,N,128]: state=1). Repeat for several.", show_default=False)]
 
 
@@ -85,6 +86,17 @@ class _Bar:
         self.progress.stop()
 
 
+def _open(paths: list[Path], quiet: bool):
+    """The data files of --data (or --val) as one data set; what is read whole is said."""
+    from onnxsurgeon.datafiles import open_data
+
+    files = open_data(paths)
+    if not quiet:
+        for w in files.warnings:
+            output.warn(w)
+    return files
+
+
 def _fan(*sinks):
     def send(event: dict[str, Any]) -> None:
         for sink in sinks:
@@ -96,10 +108,10 @@ def _fan(*sinks):
 @app.command()
 def train(
     model: Model,
-    data: Annotated[Path, typer.Option("--data", help="An .npz of arrays named after the graph inputs and the loss's names; first axis = example.", show_default=False)],
+    data: Annotated[list[Path], typer.Option("--data", help="An .npz or a folder of NAME.npy files, arrays named after the graph inputs and the loss's names; first axis = example. " + DataHelp, show_default=False)],
     loss: Annotated[str, typer.Option("--loss", help="The loss, e.g. 'ce(z, labels)', 'w * ce(z, labels)', '0.3 * mse(r, x) + ce(z, y)'.", show_default=False)],
     out_path: Annotated[Path | None, typer.Option("-o", "--output", help="Where to write the trained model.")] = None,
-    val: Annotated[Path | None, typer.Option("--val", help="An .npz to measure the loss and metrics on after each epoch.")] = None,
+    val: Annotated[list[Path] | None, typer.Option("--val", help="Data (as --data) to measure the loss and metrics on after each epoch.")] = None,
     metrics: Annotated[list[str] | None, typer.Option("--metric", help="A metric: 'error(z, labels)', 'hamming(z, t)' or any loss. Repeat for several.")] = None,
     optimizer: Annotated[str, typer.Option("--optimizer", help="sgd, adam or adamw.")] = "adamw",
     lr: Annotated[float, typer.Option("--lr", help="Learning rate (CNTK's alpha).")] = 1e-3,
@@ -151,7 +163,6 @@ def train(
     """
     import onnxsurgeon as osg
     from onnxsurgeon import serde
-    from onnxsurgeon.arrays import load_data
     from onnxsurgeon.train import data as data_mod, distributed
     from onnxsurgeon.train.loop import TrainSettings, compile_training, rehearse
     from onnxsurgeon.train.loop import train as run_training
@@ -173,14 +184,16 @@ def train(
         fixed=tuple(fixed or ()), batch_axes=data_mod.Layout.parse((), batch_axis or ()).batch_axes,
     )
     source = osg.load(model)
-    arrays = load_data(str(data))
-    val_arrays = load_data(str(val)) if val is not None else None
+    arrays = _open(data, quiet)
+    val_arrays = _open(val, quiet) if val else None
     if dry_run:
         compiled = compile_training(source, arrays, settings.loss, settings.metrics, settings.freeze, settings.layout)
-        checked = data_mod.check(arrays, compiled.wanted, str(data), settings.batch_size, settings.layout)
+        checked = data_mod.check(arrays, compiled.wanted, arrays.label, settings.batch_size, settings.layout)
+        data_mod.check_class_indices(checked, compiled.objective.class_indices)
         if val_arrays is not None:
-            data_mod.check(val_arrays, compiled.wanted, str(val), layout=settings.layout)
-        step_loss = rehearse(source, arrays, settings, data_label=str(data))  # artifacts, session, one step
+            val_checked = data_mod.check(val_arrays, compiled.wanted, val_arrays.label, layout=settings.layout)
+            data_mod.check_class_indices(val_checked, compiled.objective.class_indices)
+        step_loss = rehearse(source, arrays, settings, data_label=arrays.label)  # artifacts, session, one step
         report = {
             "plan": compiled.plan.to_dict(), "objective": compiled.objective.to_dict(), "data": checked.to_dict(),
             "dry_run": True, "first_step_loss": step_loss,
@@ -214,7 +227,7 @@ def train(
     signal.signal(signal.SIGINT, on_interrupt)
     try:
         trained, report = run_training(
-            source, arrays, settings, val=val_arrays, data_label=str(data), val_label=str(val),
+            source, arrays, settings, val=val_arrays, data_label=arrays.label, val_label=val_arrays.label if val_arrays else "",
             progress=_fan(writer, bar, warn), stop=lambda: bool(interrupted), world=world,
         )
     finally:
@@ -311,7 +324,7 @@ def _show_plan(plan, objective, checked) -> None:
 @app.command(name="eval")
 def eval_(
     model: Model,
-    data: Annotated[Path, typer.Option("--data", help="An .npz of arrays named after the graph inputs and the metrics' names.", show_default=False)],
+    data: Annotated[list[Path], typer.Option("--data", help="An .npz or a folder of NAME.npy files, arrays named after the graph inputs and the metrics' names. " + DataHelp, show_default=False)],
     metrics: Annotated[list[str], typer.Option("--metric", help="A metric: 'error(z, labels)', 'hamming(z, t)' or any loss. Repeat for several.", show_default=False)],
     batch_size: Annotated[int, typer.Option("--batch-size", help="Examples per run.")] = 256,
     fixed: Fixed = None,
@@ -324,12 +337,12 @@ def eval_(
     Example: onnxsurgeon eval trained.onnx --data val.npz --metric 'error(z, labels)' --metric 'ce(z, labels)'
     """
     import onnxsurgeon as osg
-    from onnxsurgeon.arrays import load_data
     from onnxsurgeon.train.data import Layout
     from onnxsurgeon.train.evaluate import evaluate
 
     layout = Layout.parse(fixed or (), batch_axis or ())
-    report = evaluate(osg.load(model), load_data(str(data)), metrics, batch_size, label=str(data), fixed=layout.fixed, batch_axes=layout.batch_axes)
+    arrays = _open(data, quiet)
+    report = evaluate(osg.load(model), arrays, metrics, batch_size, label=arrays.label, fixed=layout.fixed, batch_axes=layout.batch_axes)
     if as_json:
         output.emit_json(report.to_dict())
     elif not quiet:
@@ -337,13 +350,13 @@ def eval_(
         for name, value in report.metrics:
             t.add_row(name, f"{value:.6g}")
         output.out.print(t)
-        output.out.print(f"{report.examples} examples of {data}", markup=False)
+        output.out.print(f"{report.examples} examples of {arrays.label}", markup=False)
 
 
 @app.command(name="run")
 def run_(
     model: Model,
-    data: Annotated[Path, typer.Option("--data", help="An .npz of arrays named after the graph inputs.", show_default=False)],
+    data: Annotated[list[Path], typer.Option("--data", help="An .npz or a folder of NAME.npy files, arrays named after the graph inputs. " + DataHelp, show_default=False)],
     out_path: Annotated[Path, typer.Option("-o", "--output", help="The .npz to write the outputs to.", show_default=False)],
     outputs: Annotated[list[str] | None, typer.Option("--out", help="A value to write instead of the graph outputs. Repeat for several.")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="Run in batches of this many examples (default: all at once).")] = None,
@@ -357,21 +370,18 @@ def run_(
 
     Example: onnxsurgeon run trained.onnx --data x.npz -o out.npz
     """
-    import numpy as np
-
     import onnxsurgeon as osg
-    from onnxsurgeon import serde
-    from onnxsurgeon.arrays import load_data
     from onnxsurgeon.train.data import Layout
-    from onnxsurgeon.train.evaluate import run
+    from onnxsurgeon.train.evaluate import run_to_file
 
     layout = Layout.parse(fixed or (), batch_axis or ())
     if batch_size is not None and batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, not {batch_size}")
     if not out_path.parent.is_dir():
         raise InputError(f"cannot write {out_path}: folder {out_path.parent} does not exist", "create the folder first")
-    results = run(osg.load(model), load_data(str(data)), outputs or (), batch_size, label=str(data), fixed=layout.fixed, batch_axes=layout.batch_axes)
-    shapes = {k: f"{v.dtype}{list(v.shape)}" for k, v in results.items()}
+    arrays = _open(data, quiet)
+    shapes = run_to_file(osg.load(model), arrays, out_path, outputs or (), batch_size, label=arrays.label,
+                         fixed=layout.fixed, batch_axes=layout.batch_axes, write=not dry_run)
     extra = {"layout": layout.to_dict()} if layout else {}
     if dry_run:
         if as_json:
@@ -379,7 +389,6 @@ def run_(
         elif not quiet:
             output.out.print("would write: " + ", ".join(f"{k} {v}" for k, v in shapes.items()), markup=False)
         return
-    serde.write_atomically(out_path, lambda f: np.savez(f, **results))
     if as_json:
         output.emit_json({"written": str(out_path), "outputs": shapes, **extra})
     elif not quiet:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from onnxsurgeon.datafiles import Joined, castable, take
 from onnxsurgeon.errors import InputError
 from onnxsurgeon.expr import TensorType
 from onnxsurgeon.names import alias
@@ -119,49 +120,6 @@ class Layout:
         return axes, problems
 
 
-def take(array: Any, indices: np.ndarray, axis: int = 0) -> np.ndarray:
-    """The entries at `indices` along `axis` of an array (or of a :class:`Joined` one)."""
-    if isinstance(array, Joined):
-        return array.take(indices, axis)
-    if axis == 0:
-        return array[indices]
-    return np.take(array, indices, axis=axis)
-
-
-class Joined:
-    """Arrays from several files joined on an axis without copying: only the rows a batch
-    asks for are read."""
-
-    def __init__(self, parts: Sequence[np.ndarray], axis: int = 0) -> None:
-        self.parts = list(parts)
-        self.axis = axis
-        self.bounds = np.cumsum([0] + [p.shape[axis] for p in self.parts])
-        first = self.parts[0]
-        self.dtype = first.dtype
-        shape = list(first.shape)
-        shape[axis] = int(self.bounds[-1])
-        self.shape = tuple(shape)
-        self.ndim = len(shape)
-
-    def take(self, indices: np.ndarray, axis: int) -> np.ndarray:
-        if axis != self.axis:  # joined on another axis: a bug in the caller
-            raise ValueError(f"joined on axis {self.axis}, not {axis}")
-        indices = np.asarray(indices)
-        shape = list(self.shape)
-        shape[axis] = len(indices)
-        out = np.empty(shape, self.dtype)
-        moved = np.moveaxis(out, axis, 0)
-        part = np.searchsorted(self.bounds, indices, side="right") - 1
-        for i in np.unique(part):
-            mask = part == i
-            moved[mask] = np.moveaxis(take(self.parts[i], indices[mask] - self.bounds[i], axis), axis, 0)
-        return out
-
-    def __array__(self, dtype=None, copy=None):
-        whole = np.concatenate(self.parts, axis=self.axis)
-        return whole if dtype is None else whole.astype(dtype)
-
-
 @dataclass(frozen=True)
 class Dataset:
     """The arrays a run uses, checked, and what was left out.
@@ -219,16 +177,6 @@ class Dataset:
         return {k: self._fixed(k) if self.axes.get(k, 0) is None else self._cast(k, np.asarray(v)) for k, v in self.arrays.items()}
 
 
-def _kind(dtype: np.dtype) -> str:
-    if np.issubdtype(dtype, np.floating):
-        return "float"
-    if np.issubdtype(dtype, np.integer):
-        return "int"
-    if dtype == np.bool_:
-        return "bool"
-    return dtype.kind
-
-
 def _show(dims: tuple) -> str:
     return "[" + ",".join("?" if d is None else str(d) for d in dims) + "]"
 
@@ -279,10 +227,21 @@ def check(
         if not hasattr(array, "dtype") or not hasattr(array, "shape"):
             array = np.asarray(array)
         axis = key_axes.get(key, 0)
+        if isinstance(array, Joined):  # one array in several files
+            if axis is None:
+                if not array.same_everywhere():
+                    problems.append(f"--fixed {key!r} differs between the data files; a fixed array is the same in every file")
+                    continue
+                array = array.first()
+            else:
+                array = array.on(axis)
+                mismatch = array.mismatch(key)
+                if mismatch:
+                    problems.append(mismatch)
+                    continue
         dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(want.elem))
         if array.dtype != dtype:
-            same = _kind(array.dtype) == _kind(dtype) and _kind(array.dtype) in ("float", "int")
-            if same or (_kind(array.dtype) == "bool" and _kind(dtype) == "float"):
+            if castable(array.dtype, dtype):
                 notes.append(f"{key}: {array.dtype} cast to {dtype}")
                 casts[name] = dtype
             else:
@@ -352,6 +311,55 @@ def check(
     examples = next(iter(counts.values())) if counts else 0
     unused = tuple(k for k in arrays if k not in used)
     return Dataset(label, found, examples, unused, tuple(notes), axes, casts, layout)
+
+
+def check_class_indices(dataset: Dataset, uses: Sequence[tuple[str, int | None, str]], chunk: int = 1 << 20) -> None:
+    """Every value of an array read as class indices lies in ``0 .. classes-1`` (with an
+    unknown number of classes: is not negative); else an error naming the array, the bad
+    values and where they are. The array is read a chunk at a time."""
+    problems = []
+    grouped: dict[tuple[str, int | None], list[str]] = {}
+    for name, classes, call in uses:
+        grouped.setdefault((name, classes), []).append(call)
+    for (name, classes), calls in grouped.items():
+        call = ", ".join(calls)
+        array = dataset.arrays.get(name)
+        if array is None:
+            continue
+        axis = dataset.axes.get(name, 0)
+        count, bad, where = 0, {}, []
+        if axis is None or array.ndim == 0:
+            parts = [(0, np.asarray(array))]
+        else:
+            size = array.shape[axis]
+            parts = ((s, take(array, np.arange(s, min(s + chunk, size)), axis)) for s in range(0, size, chunk))
+        for start, values in parts:
+            values = np.asarray(values)
+            wrong = values < 0 if classes is None else (values < 0) | (values >= classes)
+            n = int(np.count_nonzero(wrong))
+            if not n:
+                continue
+            count += n
+            for position in np.argwhere(wrong)[: 5 - len(where)]:
+                value = values[tuple(position)].item()
+                if axis is not None and values.ndim:
+                    position[axis] += start
+                where.append(f"{value} at [{', '.join(map(str, position))}]")
+            for v in np.unique(values[wrong])[:5]:
+                bad.setdefault(v.item(), None)
+        if count:
+            allowed = f"0 to {classes - 1}" if classes is not None else "0 or more"
+            shown = ", ".join(map(str, list(bad)[:5]))
+            problems.append(
+                f"array {name!r} holds class indices outside {allowed} ({call}): {shown} "
+                f"({count} in all; {', '.join(where)}{' ...' if count > len(where) else ''})"
+            )
+    if problems:
+        raise InputError(
+            f"{dataset.label}: " + ("\n  - ".join(["class indices out of range:", *problems]) if len(problems) > 1 else problems[0]),
+            "class indices count from 0 to the number of classes - 1 on the class axis; -1 (ignore) is not supported: "
+            "drop those examples, or check that the labels belong to this model",
+        )
 
 
 def order(examples: int, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:

@@ -3,8 +3,9 @@ inference sessions: BatchNormalization on its running statistics, Dropout off.""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -59,6 +60,7 @@ def evaluate(
     compiled, objective = losses.compile_objective(view, None, list(metrics), types, params, batch)
     wanted = data_mod.graph_inputs(compiled)
     dataset = data_mod.check(data, wanted, label, layout=layout)
+    data_mod.check_class_indices(dataset, objective.class_indices)
     session = runtime.session(compiled)
     names = [o.name for o in compiled.graph.output]
     sums = np.zeros(len(objective.metrics))
@@ -82,6 +84,45 @@ def run(
     axis 1); an output named in `fixed` does not depend on the examples and is kept from
     the first batch. Without `batch_size`, in one go. `fixed` and `batch_axes` name the
     data's arrays as for :func:`evaluate`."""
+    axes, batches = run_batches(model, data, outputs, batch_size, label, fixed=fixed, batch_axes=batch_axes)
+    parts: dict[str, list[np.ndarray]] = {v: [] for v in axes}
+    for values in batches:
+        for v, value in values.items():
+            if axes[v] is not None or not parts[v]:
+                parts[v].append(value)
+    return {v: join(v, p, axes[v]) for v, p in parts.items()}
+
+
+def run_to_file(
+    model: onnx.ModelProto, /, data: Mapping[str, np.ndarray], path: str | Path, outputs: Sequence[str] = (),
+    batch_size: int | None = None, label: str = "the data", *, fixed: Sequence[str] = (),
+    batch_axes: Sequence[tuple[str, int]] | Mapping[str, int] = (), write: bool = True,
+) -> dict[str, str]:
+    """:func:`run`, writing the outputs to the ``.npz`` at `path` as the batches come (memory
+    holds one batch), atomically; returns the type and shape of each output written.
+    With ``write=False`` the outputs are computed and measured, and nothing is written."""
+    from onnxsurgeon.datafiles import NpzStream
+
+    path = Path(path)
+    axes, batches = run_batches(model, data, outputs, batch_size, label, fixed=fixed, batch_axes=batch_axes)
+    stream = NpzStream(path.parent)
+    try:
+        for values in batches:
+            for v, value in values.items():
+                stream.add(v, value, axes[v])
+        if write:
+            stream.write(path)
+        return stream.shapes()
+    finally:
+        stream.close()
+
+
+def run_batches(
+    model: onnx.ModelProto, /, data: Mapping[str, np.ndarray], outputs: Sequence[str] = (), batch_size: int | None = None,
+    label: str = "the data", *, fixed: Sequence[str] = (), batch_axes: Sequence[tuple[str, int]] | Mapping[str, int] = (),
+) -> tuple[dict[str, int | None], Iterator[dict[str, np.ndarray]]]:
+    """The axis on which each output's batches join, and the outputs batch by batch (one
+    batch of all examples without `batch_size`). Everything is checked before it returns."""
     view = modes.inference_view(model)
     index = GraphIndex(view.graph)
     wanted_values = [Resolver(index).resolve(n).value for n in outputs] if outputs else [o.name for o in view.graph.output]
@@ -93,15 +134,15 @@ def run(
     out_axes = output_axes(layout, wanted_values, outputs)
     dataset = data_mod.check(data, data_mod.graph_inputs(view), label, batch_size, layout, others=[*wanted_values, *outputs])
     session = runtime.session(view)
-    if batch_size is None:
-        out = runtime.run(session, dataset.whole(), wanted_values)
-        return dict(zip(wanted_values, out))
-    parts: dict[str, list[np.ndarray]] = {v: [] for v in wanted_values}
-    for _, idx in data_mod.batches(dataset.examples, batch_size, 0, 0, shuffle=False):
-        for v, value in zip(wanted_values, runtime.run(session, dataset.batch(idx), wanted_values)):
-            if out_axes[v] is not None or not parts[v]:
-                parts[v].append(value)
-    return {v: join(v, p, out_axes[v]) for v, p in parts.items()}
+
+    def batches() -> Iterator[dict[str, np.ndarray]]:
+        if batch_size is None:
+            yield dict(zip(wanted_values, runtime.run(session, dataset.whole(), wanted_values)))
+            return
+        for _, idx in data_mod.batches(dataset.examples, batch_size, 0, 0, shuffle=False):
+            yield dict(zip(wanted_values, runtime.run(session, dataset.batch(idx), wanted_values)))
+
+    return out_axes, batches()
 
 
 def output_axes(layout: data_mod.Layout, values: Sequence[str], asked: Sequence[str] = ()) -> dict[str, int | None]:

@@ -238,6 +238,9 @@ def train(
         compiled = compile_training(model, data, settings.loss, settings.metrics, settings.freeze, layout)
         train_set = data_mod.check(data, compiled.wanted, data_label, settings.batch_size, layout)
         val_set = data_mod.check(val, compiled.wanted, val_label, layout=layout) if val is not None else None
+        for checked in (train_set, val_set):
+            if checked is not None:
+                data_mod.check_class_indices(checked, compiled.objective.class_indices)
         return compiled, train_set, val_set
 
     compiled, train_set, val_set = world.together(set_up)

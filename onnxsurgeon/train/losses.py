@@ -68,6 +68,8 @@ class Objective:
     data_inputs: tuple[tuple[str, TensorType], ...]  # arrays of the data that became graph inputs
     reads: tuple[str, ...]  # values of the model the expressions read
     notes: tuple[str, ...]
+    # (data array, number of classes or None, the call): arrays read as class indices, checked on the data
+    class_indices: tuple[tuple[str, int | None, str], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -212,8 +214,31 @@ def unknown_names_error(missing: list[str], model: onnx.ModelProto, arrays: Mapp
 class _Functions:
     """The loss and metric functions over one builder."""
 
-    def __init__(self, b: Builder, opset: int, depends: Callable[[str], bool], notes: list[str]) -> None:
+    def __init__(self, b: Builder, opset: int, depends: Callable[[str], bool], notes: list[str],
+                 data: Sequence[str] = (), indices: list | None = None) -> None:
         self.b, self.opset, self.depends, self.notes = b, opset, depends, notes
+        self.data, self.indices = set(data), indices if indices is not None else []
+
+    def _class_indices(self, target: Value, z: Value, axis: int, fn: str) -> None:
+        """Remember a data array read as class indices, to check its values against the
+        class axis before anything runs (an index out of range fails or, for -1, silently
+        picks the last class)."""
+        if z.type.rank is not None and target.type.rank is not None and target.type.rank != z.type.rank - 1:
+            raise ArgumentError(
+                1, f"{fn}: class indices {target.shown} ({target.type}) must have the shape of {z.shown} ({z.type}) without its class axis",
+                "one-hot labels are floats shaped like the scores; class indices are integers",
+            )
+        if target.name in self.data:
+            k = axis % z.type.rank if z.type.rank else axis
+            classes = z.type.shape[k] if z.type.shape is not None and isinstance(z.type.shape[k], int) else None
+            self.indices.append((target.name, classes, f"{fn}({z.shown}, {target.shown})"))
+
+    def _not_float_indices(self, target: Value, z: Value, fn: str) -> None:
+        if z.type.rank is not None and target.type.rank is not None and target.type.rank == z.type.rank - 1:
+            raise ArgumentError(
+                1, f"{fn}: {target.shown} ({target.type}) has the shape of class indices, but holds floats",
+                f"store class indices as integers (labels.astype(numpy.int64)); one-hot or soft labels are shaped like {z.shown} ({z.type})",
+            )
 
     def table(self) -> dict[str, Function]:
         V = Param
@@ -287,15 +312,10 @@ class _Functions:
         if target.type.elem in FLOATS:
             if target.type.elem != z.type.elem:
                 raise ArgumentError(1, f"ce: {target.shown} is {target.type.dtype}, {z.shown} is {z.type.dtype}")
+            self._not_float_indices(target, z, "ce")
             self._same_shape(z, target, "ce")
             return b.unary("Neg", self._reduce("ReduceSum", b.binary("*", target, logp), axis))  # type: ignore[arg-type]
-        if z.type.rank is not None and target.type.rank is not None and target.type.rank != z.type.rank - 1:
-            raise ArgumentError(
-                1,
-                f"ce: class indices {target.shown} ({target.type}) must have the shape of {z.shown} ({z.type}) "
-                "without its class axis",
-                "one-hot labels are floats shaped like the scores; class indices are integers",
-            )
+        self._class_indices(target, z, axis, "ce")
         labels = target if target.type.elem == onnx.TensorProto.INT64 else b.node(
             "Cast", [target.name], TensorType(onnx.TensorProto.INT64, target.type.shape), to=onnx.TensorProto.INT64
         )
@@ -333,11 +353,11 @@ class _Functions:
         int64 = onnx.TensorProto.INT64
         predicted = b.node("ArgMax", [z.name], TensorType(int64, shape), axis=axis, keepdims=0)
         if labels.type.elem in FLOATS:
+            self._not_float_indices(labels, z, "error")
             truth = b.node("ArgMax", [labels.name], TensorType(int64, shape), axis=axis, keepdims=0)
-        elif labels.type.elem != int64:
-            truth = b.node("Cast", [labels.name], TensorType(int64, labels.type.shape), to=int64)
         else:
-            truth = labels
+            self._class_indices(labels, z, axis, "error")
+            truth = labels if labels.type.elem == int64 else b.node("Cast", [labels.name], TensorType(int64, labels.type.shape), to=int64)
         boolean = TensorType(onnx.TensorProto.BOOL, shape)
         wrong = b.node("Not", [b.node("Equal", [predicted.name, truth.name], boolean).name], boolean)
         return b.node("Cast", [wrong.name], TensorType(z.type.elem, shape), to=z.type.elem)
@@ -417,7 +437,8 @@ def compile_objective(
         return memo[value]
 
     notes: list[str] = []
-    table = tensor_functions(b) | _Functions(b, default_opset(model), depends, notes).table()
+    indices: list[tuple[str, int | None, str]] = []
+    table = tensor_functions(b) | _Functions(b, default_opset(model), depends, notes, data_names, indices).table()
     outputs: list[tuple[str, str, int, bool]] = []  # (expression, value, element type, is loss)
     for k, (text, tree) in enumerate(zip(texts, trees)):
         result = evaluate(tree, scope, table)
@@ -463,5 +484,6 @@ def compile_objective(
         data_inputs=tuple((n, data[n]) for n in data_names),
         reads=reads,
         notes=tuple(dict.fromkeys(notes)),
+        class_indices=tuple(dict.fromkeys(indices)),
     )
     return out, objective
