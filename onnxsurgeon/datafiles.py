@@ -213,7 +213,8 @@ def open_data(paths: str | Path | Sequence[str | Path]) -> DataFiles:
 
 class FileArray:
     """An array stored in a file at `offset` (C order), read on demand: :meth:`take` reads
-    the entries a batch asks for with positioned reads, runs of neighbours in one read."""
+    the entries a batch asks for with positioned reads into the batch's buffer, a run of
+    neighbours in one read."""
 
     def __init__(self, path: Path, offset: int, shape: tuple[int, ...], dtype: np.dtype) -> None:
         self.path, self.offset, self.shape, self.dtype = path, offset, tuple(shape), np.dtype(dtype)
@@ -245,26 +246,25 @@ class FileArray:
         outer = int(np.prod(self.shape[:axis], dtype=np.int64))
         row = int(np.prod(self.shape[axis + 1 :], dtype=np.int64)) * self.dtype.itemsize
         n = len(indices)
-        order = np.argsort(indices, kind="stable")
-        ordered = indices[order]
         got = np.empty((outer, n, row), np.uint8)
-        cuts = np.flatnonzero(np.diff(ordered) != 1) + 1
-        starts = np.concatenate([[0], cuts]).astype(np.int64)
-        ends = np.concatenate([cuts, [n]]).astype(np.int64)
+        if got.size == 0:
+            return got.view(self.dtype).reshape(*self.shape[:axis], n, *self.shape[axis + 1 :])
+        # runs of neighbours in the order asked (a whole range in eval and run) are one read
+        cuts = (np.flatnonzero(np.diff(indices) != 1) + 1).tolist()
+        starts, ends = [0, *cuts], [*cuts, n]
+        first = indices.tolist()
         fd = self._file()
+        view = memoryview(got).cast("B")
+        preadv = os.preadv
         for o in range(outer):
             base = self.offset + o * size * row
-            for s, e in zip(starts.tolist(), ends.tolist()):
+            at = o * n * row
+            for s, e in zip(starts, ends):
                 want = (e - s) * row
-                if want == 0:
-                    continue
-                done = os.preadv(fd, [memoryview(got[o, s:e]).cast("B")], base + int(ordered[s]) * row)
-                if done != want:
+                if want and preadv(fd, [view[at + s * row : at + e * row]], base + first[s] * row) != want:
                     raise InputError(f"{self.path} changed while it was read (it is shorter than its header says)",
                                      "do not write the data files while onnxsurgeon reads them")
-        out = np.empty_like(got)
-        out[:, order] = got
-        return out.view(self.dtype).reshape(*self.shape[:axis], n, *self.shape[axis + 1 :])
+        return got.view(self.dtype).reshape(*self.shape[:axis], n, *self.shape[axis + 1 :])
 
     def __getitem__(self, key: Any) -> np.ndarray:
         if isinstance(key, np.ndarray) and key.dtype.kind in "iu" and key.ndim == 1:
