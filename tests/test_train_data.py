@@ -169,6 +169,13 @@ def test_silero_vad_runs_and_evaluates_in_batches(cli, tmp_path):
     assert results[1] == pytest.approx(results[0], rel=1e-5)
     code, _, err = cli("run", model, "--data", tmp_path / "d.npz", "-o", tmp_path / "x.npz", "--batch-size", "3")
     assert code == 2 and "--fixed sr" in err
+    # and it trains: its If on sr is decided by the value fed whole
+    train_args = ["--loss", "mse(output, target)", "--batch-size", "4", "--optimizer", "sgd", "--lr", "0.5", "--epochs", "3"]
+    code, stdout, err = cli("train", model, "--data", tmp_path / "d.npz", *layout, *train_args, "-o", tmp_path / "t.onnx")
+    assert code == 0, err
+    code, stdout, err = cli("eval", tmp_path / "t.onnx", "--data", tmp_path / "d.npz", *layout, *metric)
+    assert code == 0, err
+    assert json.loads(stdout)["metrics"]["mse(output, target)"] < results[0]
 
 
 @pytest.mark.skipif(not SILERO, reason="silero-vad is not fetched (python scripts/fetch_corpus.py)")

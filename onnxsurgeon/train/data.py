@@ -120,6 +120,27 @@ class Layout:
         return axes, problems
 
 
+def fixed_values(model: onnx.ModelProto, arrays: Mapping[str, Any], layout: Layout) -> dict[str, np.ndarray]:
+    """The values of the graph inputs fed whole (``--fixed``), in the inputs' types: known
+    before training, they decide If branches and trip counts in the training graph."""
+    axes, _ = layout.bind(list(arrays))
+    by_alias: dict[str, list[str]] = {}
+    for key in arrays:
+        by_alias.setdefault(alias(key), []).append(key)
+    out = {}
+    for name, want in graph_inputs(model).items():
+        hits = [name] if name in arrays else by_alias.get(alias(name), [])
+        if len(hits) != 1 or hits[0] not in axes or axes[hits[0]] is not None:
+            continue
+        value = arrays[hits[0]]
+        value = value.first() if isinstance(value, Joined) else np.asarray(value)
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(want.elem))
+        if value.dtype != dtype and castable(value.dtype, dtype):
+            value = value.astype(dtype)
+        out[name] = value
+    return out
+
+
 @dataclass(frozen=True)
 class Dataset:
     """The arrays a run uses, checked, and what was left out.

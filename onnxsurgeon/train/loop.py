@@ -173,8 +173,9 @@ def compile_training(
 ) -> Compiled:
     """Prepare `model`, compile `loss` and `metrics` into it and decide what is trained."""
     frozen = prepare.frozen_names(model, freeze)
-    prepared, prep = prepare.prepare(model, frozen)
-    prepare.pin_shapes(prepared, arrays)
+    layout = layout or data_mod.Layout()
+    prepared, prep = prepare.prepare(model, frozen, data_mod.fixed_values(model, arrays, layout))
+    prepare.pin_shapes(prepared, arrays, layout.bind(list(arrays))[0])
     params = prepare.candidates(prepared, frozen, prep.running_stats)
     read = losses.names_read([loss, *metrics])
     model_values, data_names, missing = losses.split_names(prepared, read, arrays)

@@ -323,8 +323,9 @@ def prepare(
 _NEEDS_SIZES = frozenset({"MaxPool"})
 
 
-def pin_shapes(model: onnx.ModelProto, /, arrays: Mapping[str, Any]) -> bool:
-    """Give the graph inputs the sizes of the data beyond the example axis, in place, where
+def pin_shapes(model: onnx.ModelProto, /, arrays: Mapping[str, Any], axes: Mapping[str, int | None] | None = None) -> bool:
+    """Give the graph inputs the sizes of the data beyond the example axis (0, or the one
+    `axes` gives; None: an input fed whole, every size), in place, where
     an op in `_NEEDS_SIZES` would otherwise see symbolic sizes. Every example of a data set
     has the same shape, so this loses nothing; it is done only where needed, so that the
     training graph of every other model stays as it was. Returns whether it pinned."""
@@ -347,8 +348,9 @@ def pin_shapes(model: onnx.ModelProto, /, arrays: Mapping[str, Any]) -> bool:
         dims = v.type.tensor_type.shape.dim
         if len(dims) != len(shape):
             continue
-        for k in range(1, len(dims)):
-            if not (dims[k].HasField("dim_value") and dims[k].dim_value > 0):
+        example = (axes or {}).get(v.name, 0)
+        for k in range(len(dims)):
+            if k != example and not (dims[k].HasField("dim_value") and dims[k].dim_value > 0):
                 dims[k].dim_value = int(shape[k])
                 pinned = True
     return pinned
