@@ -5,7 +5,8 @@ Nothing heavy is imported here. The modules, in the order a run uses them:
 
 - :mod:`~onnxsurgeon.train.ort` loads onnxruntime-training's ``api``, ``artifacts`` and
   ``onnxblock`` modules without importing torch, and keeps onnxruntime quiet;
-- :mod:`~onnxsurgeon.train.data` checks ``.npz`` data against the graph and orders batches;
+- :mod:`~onnxsurgeon.train.data` checks the data (:mod:`onnxsurgeon.datafiles`) against the
+  graph (``--fixed``, ``--batch-axis``, class indices), reads batches and orders them;
 - :mod:`~onnxsurgeon.train.losses` compiles loss and metric expressions into the graph;
 - :mod:`~onnxsurgeon.train.prepare` makes a copy of the model trainable and decides what
   is trained, frozen, updated or constant;
