@@ -358,3 +358,17 @@ def test_disk_full_on_a_small_tmpfs(tmp_path):
         figures.add("full-disk runs on a 1 MB tmpfs", 1)
     finally:
         subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+def test_the_kill_hook_is_inert_unless_armed_and_read_in_one_place(tmp_path):
+    faults.arm(None)
+    with open(tmp_path / "f", "wb") as f:
+        assert faults.watch(f) is f  # unarmed: the file itself, no wrapper
+    faults.reached("write")
+    assert faults.seen() == []
+    for spec in ("write", "write:0", "write:-1", "wrtie:1", "step:1:2", " step:1"):
+        with pytest.raises(ValueError, match=faults.ENV):
+            faults.arm(spec)
+    faults.arm(None)
+    readers = [p.relative_to(ROOT).as_posix() for p in (ROOT / "onnxsurgeon").rglob("*.py") if faults.ENV in p.read_text()]
+    assert readers == ["onnxsurgeon/faults.py"]
