@@ -1,8 +1,8 @@
 """Ops without a gradient (or without a CPU gradient kernel) in onnxruntime-training 1.19,
 written, in the training graph only, in ops that have both.
 
-:func:`rewrite_graph` is called by :func:`onnxsurgeon.train.prepare.prepare` on the copy it
-trains. It rewrites only the nodes that a parameter which may train reaches (through float
+:func:`fold_control` (If, Loop, Scan) and then :func:`rewrite_graph` (the other ops) are called
+by :func:`onnxsurgeon.train.prepare.prepare` on the copy it trains. It rewrites only the nodes that a parameter which may train reaches (through float
 values): a node in a frozen or constant part keeps its op, so what trained before trains
 bit for bit as before. Each op has one small function, registered in :data:`REWRITES`; a
 function returns the nodes that replace the node, or raises :class:`Unsupported` with the
@@ -10,10 +10,15 @@ reason, which the refusal then quotes (``plan`` refuses a node without gradient 
 it lies between a trained parameter and the loss).
 
 What onnxruntime-training 1.19.2 (CPU) does, measured on one-node models through
-generate_artifacts and a training step (tests/test_train_rewrite.py pins each):
+generate_artifacts and a training step (tests/test_train_rewrite.py pins what the rewrites
+rely on):
 
-- no gradient builder: CastLike, ReduceMax, ReduceMin, GlobalMaxPool, InstanceNormalization,
-  GroupNormalization, LpNormalization, LRN, ReverseSequence, Einsum, Sign, If, Loop, Scan;
+- no gradient builder: CastLike, ReduceMax, ReduceMin, ReduceSumSquare, ReduceL1,
+  ReduceLogSum, GlobalMaxPool, InstanceNormalization, GroupNormalization, LpNormalization,
+  LRN, HardSwish, Mish, ThresholdedRelu, DepthToSpace, SpaceToDepth, CumSum, Loop; also
+  ReverseSequence, Einsum and Sign (not rewritten);
+- If: generate_artifacts folds one whose condition is a constant itself, and one decided by
+  a graph input kills the process (a C++ assertion) — :mod:`onnxsurgeon.train.control`;
 - a gradient builder but no CPU kernel: Resize (``ResizeGrad``: the Module cannot be built);
 - a kernel that fails at run time: Slice with a negative step (``SliceGrad``: narrowing_error),
   so sequences are reversed with Gather;
