@@ -12,7 +12,8 @@ loads), by appending nodes that read earlier values:
 - int64 values: Cast to int64, arithmetic with an int64 parameter, Cast back;
 - calls of model-local functions (``local.Gate``, and ``local.GatedSum`` which calls it);
 - If nodes whose branches read values of the outer graph, sometimes with an If nested in a
-  branch that reads values from two levels up.
+  branch that reads values from two levels up, sometimes with a training-mode Dropout or
+  BatchNormalization (its parameters outer initializers) at the end of a branch.
 
 Values no node reads become the graph's outputs, so every node is needed by some output.
 Every choice goes through a :class:`Choices`: :class:`DrawChoices` takes them from
@@ -317,12 +318,38 @@ def build(c: Choices, max_nodes: int = 12) -> RandomGraph:
                 then_nodes += [inner, helper.make_node("Add", [t_out, inner_o], [t2], name=f"n_{t2}")]
                 t_out = t2
             else_nodes = [helper.make_node(c.choice(UNARY), [a], [e_out], name=f"n_{e_out}")]
+            branch_layer = None
+            if c.chance(30):  # a training-mode layer inside the branch: constant mode turns it off there too
+                e2 = fresh("else")
+                if opset >= 14 and c.chance(50):  # its parameters are outer initializers, captured
+                    branch_layer = "branch-batchnorm"
+                    stats = [
+                        param(fresh("bn_scale"), wrng.uniform(0.5, 1.5, WIDTH).astype(dtype)),
+                        param(fresh("bn_bias"), wrng.standard_normal(WIDTH).astype(dtype)),
+                        param(fresh("bn_mean"), wrng.standard_normal(WIDTH).astype(dtype)),
+                        param(fresh("bn_var"), wrng.uniform(0.5, 2.0, WIDTH).astype(dtype)),
+                    ]
+                    else_nodes.append(helper.make_node(
+                        "BatchNormalization", [e_out, *stats], [e2, fresh("running_mean"), fresh("running_var")],
+                        name=f"n_{e2}", training_mode=1,
+                    ))
+                else:
+                    branch_layer = "branch-dropout"
+                    ratio = param(fresh("ratio"), np.array(0.5, dtype))
+                    training = param(fresh("training"), np.array(True))
+                    else_nodes.append(helper.make_node("Dropout", [e_out, ratio, training], [e2], name=f"n_{e2}"))
+                g.features.add(branch_layer)
+                e_out = e2
             nodes.append(helper.make_node(
                 "If", [cond], [out], name=f"n_{out}",
                 then_branch=helper.make_graph(then_nodes, "then", [], [_vi(t_out, elem)]),
                 else_branch=helper.make_graph(else_nodes, "else", [], [_vi(e_out, elem)]),
             ))
             add(out, [cv, a, b])
+            if branch_layer == "branch-dropout":
+                g.random.add(out)
+            elif branch_layer == "branch-batchnorm":
+                g.inexact.add(out)
     read_somewhere = {r for rs in g.reads.values() for r in rs}
     g.outputs = [v for v in g.values if v not in read_somewhere and v not in inputs]
     graph = helper.make_graph(

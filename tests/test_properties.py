@@ -100,14 +100,17 @@ def feeds_for(model: onnx.ModelProto) -> dict[str, np.ndarray]:
 
 
 def ops(graph: onnx.GraphProto) -> list[str]:
-    return [n.op_type for n in graph.node]
+    """The graph's operators, those in If branches (at any depth) too."""
+    return [op for n in graph.node for op in [n.op_type, *(o for a in n.attribute if a.HasField("g") for o in ops(a.g))]]
 
 
 def count_features(g: graphgen.RandomGraph) -> None:
     figures.add("properties: random models")
     for feature, label in [("batchnorm", "BatchNormalization"), ("batchnorm-training", "BatchNormalization in training mode"),
                            ("dropout", "Dropout"), ("dropout-training", "Dropout in training mode"), ("int64", "int64 values"),
-                           ("function", "local functions"), ("nested-if", "nested If"), ("float16", "float16")]:
+                           ("function", "local functions"), ("nested-if", "nested If"),
+                           ("branch-dropout", "a training-mode Dropout in an If branch"),
+                           ("branch-batchnorm", "a training-mode BatchNormalization in an If branch"), ("float16", "float16")]:
         figures.add(f"  models with {label}", feature in g.features)
     figures.note("  opsets", ", ".join(sorted({f for f in figures.FIGURES.get("  opsets", "").split(", ") if f} | {
         f.split()[1] for f in g.features if f.startswith("opset")}, key=int)))
@@ -269,7 +272,8 @@ def test_generator_covers_every_construct():
                 body = next(a.g for a in n.attribute if a.name == "then_branch")
                 captured += bool(set(i for m in body.node for i in m.input) - {o for m in body.node for o in m.output})
     assert {"Relu", "Add", "MatMul", "Concat", "Split", "TopK", "If", "BatchNormalization", "Dropout", "Cast", "Gate", "GatedSum"} <= ops_seen
-    assert {"batchnorm-training", "dropout-training", "nested-if", "float16", "float32", "function", "int64"} <= found
+    assert {"batchnorm-training", "dropout-training", "nested-if", "float16", "float32", "function", "int64",
+            "branch-dropout", "branch-batchnorm"} <= found
     assert {f"opset {o}" for o in graphgen.OPSETS} <= found
     assert captured > 0
 
