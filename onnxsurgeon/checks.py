@@ -42,9 +42,17 @@ def _copy_fields(dst, src, skip: str = "") -> None:
             field.CopyFrom(value)
 
 
-def checkable(model: onnx.ModelProto) -> onnx.ModelProto:
+def checkable(model: onnx.ModelProto) -> onnx.ModelProto | bytes:
     """A copy of the model for the checker in which the graph's large or external
-    initializers are stand-ins of the same type and shape: no weight is copied or read."""
+    initializers are stand-ins of the same type and shape: no weight is copied or read.
+    A model with neither is given as it is, serialised (which the checker does anyway),
+    without a copy of its graph in Python."""
+    if not any(serde.is_external(t) or t.ByteSize() >= _INLINE_KEPT for t in model.graph.initializer):
+        data = model.SerializeToString()
+        # no tensor refers to external data without naming its location
+        if b"location" not in data:
+            return data
+        del data
     out = onnx.ModelProto()
     _copy_fields(out, model, skip="graph")
     _copy_fields(out.graph, model.graph, skip="initializer")
@@ -71,7 +79,7 @@ def _nodes(graph: onnx.GraphProto) -> int:
 def checker_error(model: onnx.ModelProto) -> str | None:
     """What onnx.checker says against the model (full check for graphs up to
     FULL_CHECK_NODES nodes), or None if it passes."""
-    full = _nodes(model.graph) <= FULL_CHECK_NODES
+    full = len(model.graph.node) <= FULL_CHECK_NODES and _nodes(model.graph) <= FULL_CHECK_NODES
     try:
         onnx.checker.check_model(checkable(model), full_check=full)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
