@@ -245,6 +245,13 @@ def _type_ports(model, index, walk, g, in_ports, out_values, in_specs, params, s
             types.update((v, inferred[v]) for v in out_values if v in inferred)
         _update_types(types, {v: inferred[v] for v in out_values + batchnorms if v in inferred})
     _update_types(types, _observe_types(model, [v for v in out_values if dtypes.rank(types[v]) is None], sample))
+    unknown = [v for v in out_values if dtypes.rank(types[v]) is None]
+    if unknown:  # ONNX wants a shape (at least a rank) on every graph output
+        raise InputError(
+            f"the rank of output {', '.join(map(repr, unknown))} is neither recorded in the model nor inferable, "
+            "and the model did not run on random inputs to show it",
+            "give real inputs with --data x.npz (one run shows the rank), or cut at another value",
+        )
     for k, v in enumerate(out_values):
         if types[v] is not None:
             g.output[k].type.CopyFrom(types[v])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -261,3 +262,22 @@ def test_verify_draws_indices_below_the_table_they_index(tmp_path):
     piece, _ = osg.extract(model, inputs=["input_ids", "token_type_ids"], outputs=["e"])
     for seed in range(5):
         assert osg.verify(model, piece, seed=seed).ok
+
+
+REC = Path(__file__).resolve().parents[1] / ".corpus" / "rapidocr-onnxruntime-1.4.4" / "ch_PP-OCRv4_rec_infer.onnx"
+
+
+@pytest.mark.skipif(not REC.is_file(), reason="rapidocr not fetched (scripts/fetch_corpus.py)")
+def test_output_of_unknown_rank_needs_data_not_a_bug(cli, tmp_path):
+    """paddle2onnx's OCR recognizer: shape inference cannot rank this value, and random inputs
+    (unknown dims set to 2) are too narrow to run the model. That is bad input (exit 2 with
+    the way out), not a piece onnx.checker refuses (exit 4); real-sized data types it."""
+    out = tmp_path / "piece.onnx"
+    code, _, err = cli("extract", REC, "--in", "p2o.Add.31", "--out", "p2o.MatMul.13", "--auto-inputs", "-o", out)
+    assert code == 2 and "'p2o.MatMul.13'" in err and "--data" in err, err
+    assert not out.exists()
+    data = tmp_path / "x.npz"
+    np.savez(data, x=np.random.default_rng(0).standard_normal((1, 3, 48, 320)).astype(np.float32))
+    code, _, err = cli("extract", REC, "--in", "p2o.Add.31", "--out", "p2o.MatMul.13", "--auto-inputs", "--data", data, "-o", out)
+    assert code == 0, err
+    onnx.checker.check_model(onnx.load(out), full_check=True)
