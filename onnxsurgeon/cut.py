@@ -245,8 +245,8 @@ def _type_ports(model, index, walk, g, in_ports, out_values, in_specs, params, s
             types.update((v, inferred[v]) for v in out_values if v in inferred)
         _update_types(types, {v: inferred[v] for v in out_values + batchnorms if v in inferred})
     _update_types(types, _observe_types(model, [v for v in out_values if dtypes.rank(types[v]) is None], sample))
-    unknown = [v for v in out_values if dtypes.rank(types[v]) is None]
-    if unknown:  # ONNX wants a shape (at least a rank) on every graph output
+    unknown = [v for v in out_values if _tensor_without_rank(types[v])]
+    if unknown:  # onnx.checker wants a shape (at least a rank) on every tensor graph output
         raise InputError(
             f"the rank of output {', '.join(map(repr, unknown))} is neither recorded in the model nor inferable, "
             "and the model did not run on random inputs to show it",
@@ -256,6 +256,10 @@ def _type_ports(model, index, walk, g, in_ports, out_values, in_specs, params, s
         if types[v] is not None:
             g.output[k].type.CopyFrom(types[v])
     return types
+
+
+def _tensor_without_rank(t: onnx.TypeProto | None) -> bool:
+    return t is not None and t.WhichOneof("value") == "tensor_type" and not t.tensor_type.HasField("shape")
 
 
 def _name_ports(g, in_ports, out_specs, out_res, fixed: set[str]) -> list[str]:
