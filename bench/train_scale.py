@@ -68,27 +68,10 @@ if world.root:
 
 
 def mlp_model(sizes=SIZES):
-    """The MLP, Glorot-uniform weights (seeded), zero biases."""
-    import numpy as np
-    from onnx import TensorProto, helper, numpy_helper
+    """The MLP of bench/train_speed.py at these sizes."""
+    from bench.train_speed import mlp
 
-    rng = np.random.default_rng(0)
-    nodes, inits, x = [], [], "x"
-    for i, (a, b) in enumerate(zip(sizes, sizes[1:])):
-        limit = np.sqrt(6 / (a + b))
-        inits.append(numpy_helper.from_array(rng.uniform(-limit, limit, (a, b)).astype(np.float32), f"fc{i}.W"))
-        inits.append(numpy_helper.from_array(np.zeros(b, np.float32), f"fc{i}.b"))
-        nodes += [helper.make_node("MatMul", [x, f"fc{i}.W"], [f"fc{i}.m"]), helper.make_node("Add", [f"fc{i}.m", f"fc{i}.b"], [f"fc{i}.y"])]
-        x = f"fc{i}.y"
-        if i < len(sizes) - 2:
-            nodes.append(helper.make_node("Relu", [x], [f"fc{i}.r"]))
-            x = f"fc{i}.r"
-    nodes.append(helper.make_node("Identity", [x], ["z"]))
-    graph = helper.make_graph(
-        nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", sizes[0]])],
-        [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", sizes[-1]])], inits,
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return mlp(sizes)
 
 
 def mlp_data(n: int):

@@ -106,14 +106,13 @@ print(json.dumps(result))
 """
 
 
-def mlp():
-    """The 784-512-512-10 MLP, Glorot-uniform weights (seeded), zero biases."""
+def mlp(sizes=(784, 512, 512, 10)):
+    """An MLP (784-512-512-10 unless ``sizes`` says otherwise), Glorot-uniform weights
+    (seeded), zero biases, ReLU between the layers."""
     import numpy as np
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
-    sizes = [784, 512, 512, 10]
     nodes, inits, x = [], [], "x"
     for i, (a, b) in enumerate(zip(sizes, sizes[1:])):
         limit = np.sqrt(6 / (a + b))
@@ -121,13 +120,13 @@ def mlp():
         inits.append(numpy_helper.from_array(np.zeros(b, np.float32), f"fc{i}.b"))
         nodes += [helper.make_node("MatMul", [x, f"fc{i}.W"], [f"fc{i}.m"]), helper.make_node("Add", [f"fc{i}.m", f"fc{i}.b"], [f"fc{i}.y"])]
         x = f"fc{i}.y"
-        if i < 2:
+        if i < len(sizes) - 2:
             nodes.append(helper.make_node("Relu", [x], [f"fc{i}.r"]))
             x = f"fc{i}.r"
     nodes.append(helper.make_node("Identity", [x], ["z"]))
     graph = helper.make_graph(
-        nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 784])],
-        [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 10])], inits,
+        nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", sizes[0]])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", sizes[-1]])], inits,
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
@@ -139,13 +138,17 @@ def data(n: int):
     return {"x": rng.standard_normal((n, 784), dtype=np.float32), "labels": rng.integers(0, 10, n)}
 
 
-def measure(variant: str, epochs: int, spe: int, batch: int) -> dict:
-    code = CHILD.format(root=str(ROOT), variant=variant, epochs=epochs, spe=spe, batch=batch)
+def run_child(variant: str, code: str) -> dict:
+    """Run ``code`` in a fresh 1-thread interpreter; its last stdout line is the JSON result."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tempfile.gettempdir())
     if proc.returncode != 0:
         raise SystemExit(f"{variant} failed:\n{proc.stderr}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def measure(variant: str, epochs: int, spe: int, batch: int) -> dict:
+    return run_child(variant, CHILD.format(root=str(ROOT), variant=variant, epochs=epochs, spe=spe, batch=batch))
 
 
 def main() -> None:

@@ -20,13 +20,12 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
+
+from train_speed import run_child  # bench/ is on sys.path when this file runs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,12 +87,7 @@ print(json.dumps(result))
 
 def measure(variant: str, steps: int, batch: int) -> dict:
     model = str(ROOT / "tests" / "corpus" / "torch" / "transformer_ts.onnx")
-    code = CHILD.format(root=str(ROOT), variant=variant, steps=steps, batch=batch, model=model)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tempfile.gettempdir())
-    if proc.returncode != 0:
-        raise SystemExit(f"{variant} failed:\n{proc.stderr}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_child(variant, CHILD.format(root=str(ROOT), variant=variant, steps=steps, batch=batch, model=model))
 
 
 def main() -> None:
