@@ -96,7 +96,11 @@ class GraphIndex:
             v.name: v for v in graph.input if v.name not in self.initializers
         }
         self.outputs: dict[str, onnx.ValueInfoProto] = {v.name: v for v in graph.output}
-        # the one pass over every node; written for speed, it dominates a cut of a big graph
+
+    @cached_property
+    def producer(self) -> dict[str, int]:
+        """The node (index) that writes each value. Built on first use: the one pass over
+        every node, written for speed (a cut of a big graph needs it; a listing does not)."""
         producer: dict[str, int] = {}
         for i, outs in enumerate([n.output for n in self.nodes]):
             if len(outs) == 1:
@@ -105,7 +109,7 @@ class GraphIndex:
                 for name in outs:
                     producer[name] = i
         producer.pop("", None)
-        self.producer = producer
+        return producer
 
     def kind(self, name: str) -> int | None:
         """Node index of the producer, GRAPH_INPUT, INITIALIZER, or None if unknown."""

@@ -113,48 +113,121 @@ def nodes(model: onnx.ModelProto, /, grep: str | None = None, op: str | None = N
     except re.error as e:
         raise InputError(f"--grep {grep!r} is not a valid regular expression: {e}", "escape special characters, e.g. '\\['") from None
     index = GraphIndex(model.graph)
-    aliases: dict[str, str] = {}
-
-    def alias_of(name: str) -> str:
-        a = aliases.get(name)
-        if a is None:
-            a = aliases[name] = alias(name)
-        return a
-
+    every_node = index.nodes
     op_lower = op.lower() if op else None
-    selected = [n for n in index.nodes if n.op_type.lower() == op_lower] if op_lower else index.nodes
+    positions = [i for i, n in enumerate(every_node) if n.op_type.lower() == op_lower] if op_lower else range(len(every_node))
     if pattern:
-        selected = _grep(pattern, selected)
+        positions = [positions[j] for j in _grep_positions(pattern, [every_node[i] for i in positions] if op_lower else every_node)]
+    selected = [every_node[i] for i in positions] if len(positions) != len(every_node) else every_node
     # types only of the values shown: inference stops at the last node listed
-    every = len(selected) == len(index.nodes)
-    types = _types(model, index, None if every else {n for node in selected for n in (*node.input, *node.output)})
-    shown: dict[int, str] = {}  # id of a TypeProto (kept alive by types) -> its text
-
-    def show(name: str) -> str:
-        t = types.get(name)
-        if t is None:
-            return "?"
-        text = shown.get(id(t))
-        if text is None:
-            text = shown[id(t)] = dtypes.show(t)
-        return text
-
+    every = len(selected) == len(every_node)
+    texts = _type_texts(model, index, None if every else selected, positions[-1] if positions else -1)
+    outputs_of = [tuple(node.output) for node in selected]
+    aliases = _aliases([o for outs in outputs_of for o in outs])
     lines = []
-    for node in selected:
-        outputs, inputs = tuple(node.output), tuple(node.input)
-        op_name = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+    k = 0
+    for node, outputs in zip(selected, outputs_of):
+        inputs = tuple(node.input)
+        domain = node.domain
+        n = len(outputs)
         lines.append(
             NodeLine(
                 name=node.name,
-                op=op_name,
+                op=node.op_type if domain in ("", "ai.onnx") else f"{domain}.{node.op_type}",
                 outputs=outputs,
                 inputs=inputs,
-                input_types=tuple(show(n) if n else "-" for n in inputs),
-                output_types=tuple(show(n) for n in outputs),
-                aliases=tuple(a if (a := alias_of(n)) != n else "" for n in outputs),
+                input_types=tuple([texts.get(x, "?") if x else "-" for x in inputs]),
+                output_types=tuple([texts.get(x, "?") for x in outputs]),
+                aliases=aliases[k : k + n],
             )
         )
+        k += n
     return NodesReport(tuple(lines), len(index.nodes))
+
+
+def _aliases(names: list[str]) -> tuple[str, ...]:
+    """The alias of each name, "" where it is the name itself; all at once (names.alias of
+    each costs a regular expression call per name, a second on a 200k-node graph)."""
+    text = "\n".join(names)
+    if text.count("\n") != len(names) - 1:  # a name holds a line break
+        return tuple(a if (a := alias(n)) != n else "" for n in names)
+    from onnxsurgeon.names import _NOT_IDENTIFIER
+
+    table = {ord(c): "_" for c in set(text) if c != "\n" and _NOT_IDENTIFIER.match(c)}
+    out = text.translate(table).split("\n") if names else []
+    # as names.alias: a leading character that cannot start an identifier gets a "_" in front
+    return tuple(
+        ("_" + a if a and not a[:1].isidentifier() else a) if a != n else ("_" + a if a and not a[:1].isidentifier() else "")
+        for a, n in zip(out, names)
+    )
+
+
+def _type_texts(model: onnx.ModelProto, index: GraphIndex, selected: list[onnx.NodeProto] | None, last: int = -1) -> dict[str, str]:
+    """The type, as ``nodes`` shows it, of the values of every node (``selected`` None) or
+    at least of the ``selected`` nodes, the last of which is node ``last``: what
+    :func:`_types` finds, each type written once."""
+    declared = {n: vi.type for n, vi in index.value_info.items() if vi.type.WhichOneof("value")}
+    by_bytes: dict[bytes, str] = {}
+    texts: dict[str, str] = {}
+    for n, t in declared.items():
+        b = t.SerializeToString()
+        text = by_bytes.get(b)
+        if text is None:
+            text = by_bytes[b] = dtypes.show(t)
+        texts[n] = text
+    by_shape: dict[tuple, str] = {}
+    for n, t in index.initializers.items():
+        key = (t.data_type, *t.dims)
+        text = by_shape.get(key)
+        if text is None:
+            text = by_shape[key] = dtypes.show(onnx.helper.make_tensor_type_proto(t.data_type, list(t.dims)))
+        texts[n] = text
+    if selected is None:
+        if all(o in texts or not o for n in index.nodes for o in n.output):
+            return texts
+        upto = len(index.nodes)
+        wanted = None
+    else:
+        wanted = [o for node in selected for o in (*node.input, *node.output) if o and o not in texts]
+        if not wanted:
+            return texts
+        # the pass must pass every writer of a value shown: a second writer makes it
+        # unknown, a value read before it is written is typed by its writer
+        upto = _writers_after(index.nodes, last + 1, set(wanted)) + 1
+    # node by node, once per distinct node (infer.py), up to the last node that writes a
+    # value asked for; recorded types are merged with the inferred ones by whole-graph
+    # inference, which that pass does not do
+    found = infer.TypePass(model, index.nodes, index.initializers, index.inputs, declared=index.value_info)
+    found.run(upto)
+    ids = found.ids
+    if wanted is None:
+        unknown = infer.UNKNOWN in ids.values() and any(k == infer.UNKNOWN and n not in texts for n, k in ids.items())
+    else:
+        unknown = any(found.type_of(n) is infer.UNKNOWN for n in wanted)
+    if unknown:  # as before: whole-graph inference
+        types = _types(model, index, None if selected is None else {n for node in selected for n in (*node.input, *node.output)})
+        shown: dict[int, str] = {}
+        out = {}
+        for n, t in types.items():
+            text = shown.get(id(t))
+            if text is None:
+                text = shown[id(t)] = dtypes.show(t)
+            out[n] = text
+        return out
+    key_text = {k: dtypes.show(t) for k, t in found.types.items() if t is not None}
+    inferred = {n: key_text[k] for n, k in ids.items() if k in key_text}
+    inferred.update(texts)
+    return inferred
+
+
+def _writers_after(nodes: list[onnx.NodeProto], start: int, names: set[str]) -> int:
+    """The index of the last node from ``start`` on that writes one of ``names``, or
+    ``start - 1`` if none does."""
+    last = start - 1
+    for i in range(start, len(nodes)):
+        if not names.isdisjoint(nodes[i].output):
+            last = i
+    return last
 
 
 # Characters a pattern may use to look past one name when all are searched as one text.
@@ -162,7 +235,12 @@ _ACROSS_NAMES = ("\\A", "\\Z", "\\z", "(?<", "(?", "\\n", "\\s", "\\S", "\\W", "
 
 
 def _grep(pattern: re.Pattern[str], nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
-    """The nodes with a name, output or input that ``pattern`` finds in (a ``search``), or
+    """The nodes with a name, output or input that ``pattern`` finds in: see :func:`_grep_positions`."""
+    return [nodes[i] for i in _grep_positions(pattern, nodes)]
+
+
+def _grep_positions(pattern: re.Pattern[str], nodes: list[onnx.NodeProto]) -> list[int]:
+    """The positions of the nodes with a name, output or input that ``pattern`` finds in (a ``search``), or
     in whose alias it finds.
 
     Searching each name and alias costs three calls per name, seconds on a 200k-node graph.
@@ -206,8 +284,7 @@ def _grep(pattern: re.Pattern[str], nodes: list[onnx.NodeProto]) -> list[onnx.No
                 first = bisect.bisect_right(starts, m.start()) - 1
                 last = bisect.bisect_right(starts, max(m.end() - 1, m.start())) - 1
                 hits.update(k for k in range(first, last + 1) if exact(flat[k]))
-    chosen = sorted({bisect.bisect_right(ends, k) for k in hits})
-    return [nodes[i] for i in chosen]
+    return sorted({bisect.bisect_right(ends, k) for k in hits})
 
 
 @dataclass(frozen=True)
