@@ -13,7 +13,7 @@ import onnxsurgeon as osg
 from onnxsurgeon import inspection
 from onnxsurgeon.names import alias
 
-PATTERNS = ["L4_y", "^_0", "x$", "a.b", "^1", "0_x", "layers_0__W", "^_", "_$", "a*", "", "b?a", "^x_1$",
+PATTERNS = ["L4_y", "A_b", "X$", "^B", "a\\.B", "[@-_]", "A.{2}b", "x|A1", "(Ab)+", "(a)\\1", "[a-z]_", "^_0", "x$", "a.b", "^1", "0_x", "layers_0__W", "^_", "_$", "a*", "", "b?a", "^x_1$",
             "[0-9]_", "ab|ba", "\\.", "a.{2}b", "::", "^", "^_.$", "_x$", "é_", "x_[0-9]+$", "\\s", "(?i)A", "\\Ab", "b\\Z"]
 
 
@@ -21,10 +21,11 @@ def _one_by_one(pattern: re.Pattern[str], nodes: list[onnx.NodeProto]) -> list[o
     return [n for n in nodes if any(pattern.search(x) or pattern.search(alias(x)) for x in [n.name, *n.output, *n.input] if x)]
 
 
-@pytest.mark.parametrize("seed", range(3))
-def test_grep_finds_what_a_search_of_each_name_finds(seed):
+@pytest.mark.parametrize("seed,alphabet", [(0, "ab0_./[]:x1é٣"), (1, "ab0_./[]:x1é٣"), (2, "ab0_./[]:x1é٣"),
+                                           (3, "aAbB0_./[]:x1@`"), (4, "aAbB0_./[]:x1@`")])
+def test_grep_finds_what_a_search_of_each_name_finds(seed, alphabet):
+    """Names of non-ASCII characters (searched as they are) and of ASCII (searched in lower case)."""
     rng = random.Random(seed)
-    alphabet = "ab0_./[]:x1é٣"
 
     def name() -> str:
         return "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 6)))
