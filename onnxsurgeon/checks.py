@@ -76,10 +76,17 @@ def _nodes(graph: onnx.GraphProto) -> int:
     return n
 
 
+def full_check(model: onnx.ModelProto) -> bool:
+    """Whether the checker runs its full check (shape inference) on the model: graphs of
+    up to FULL_CHECK_NODES nodes, subgraphs included. Only the full check reads the graph's
+    value_info (onnx's checker.cc looks at graph inputs, outputs, initializers and nodes)."""
+    return len(model.graph.node) <= FULL_CHECK_NODES and _nodes(model.graph) <= FULL_CHECK_NODES
+
+
 def checker_error(model: onnx.ModelProto) -> str | None:
     """What onnx.checker says against the model (full check for graphs up to
     FULL_CHECK_NODES nodes), or None if it passes."""
-    full = len(model.graph.node) <= FULL_CHECK_NODES and _nodes(model.graph) <= FULL_CHECK_NODES
+    full = full_check(model)
     try:
         onnx.checker.check_model(checkable(model), full_check=full)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:

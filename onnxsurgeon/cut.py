@@ -159,11 +159,13 @@ def extract(
     g.sparse_initializer.extend(s for s in graph.sparse_initializer if s.values.name in walk.params)
     in_ports = [(s.new_name or r.value, r.value, s.type, r) for s, r in zip(in_specs, in_res)]
     in_ports += [(v, v, None, None) for v in auto]
-    types = _type_ports(model, index, walk, g, in_ports, out_values, in_specs, params, sample)
+    types, inner_types = _type_ports(model, index, walk, g, in_ports, out_values, in_specs, params, sample)
 
     folded: list[str] = []
     removed: list[str] = []
     if params == "constant":
+        g.value_info.extend(inner_types)  # freezing renames and drops value_info entries
+        inner_types = []
 
         def rank_of(name: str) -> int | None:
             return dtypes.rank(types.get(name) or index.type_of(name))
@@ -194,7 +196,15 @@ def extract(
         params=params,
     )
     meta.put(piece, meta.CUT, json.dumps(provenance))
+    if checks.full_check(piece):
+        g.value_info.extend(inner_types)
+        inner_types = []
+    # The checker without its full check does not read value_info: a big piece is checked
+    # before its copy of the inner values' types is added (a third of its bytes, which the
+    # checker would parse for nothing). Renaming never touches those entries: they are not
+    # ports.
     warnings += checks.check_result(piece, "a piece", [model])
+    g.value_info.extend(inner_types)
 
     report = ExtractReport(
         inputs=tuple(in_port_objs),
@@ -212,13 +222,15 @@ def extract(
 
 def _type_ports(model, index, walk, g, in_ports, out_values, in_specs, params, sample):
     """Give the piece's inputs and outputs their types, and return the types found
-    (by value name), including those of BatchNormalization inputs in constant mode.
+    (by value name), including those of BatchNormalization inputs in constant mode, and
+    the model's value_info entries of the piece's inner values where they are not yet in
+    the piece (the caller adds them).
 
     Types the model does not record come from shape inference: for inputs on what computes
     them, for outputs on the piece; failing that, from one run of the model. A type
     without a shape counts as unknown: ONNX wants a shape on every graph input and output.
     """
-    types = _copy_value_info(index, walk.keep, [p[1] for p in in_ports] + out_values, g)
+    types, inner = _copy_value_info(index, walk.keep, [p[1] for p in in_ports] + out_values)
     for _, value, override, _ in in_ports:
         if override is not None:
             types[value] = override
@@ -240,6 +252,8 @@ def _type_ports(model, index, walk, g, in_ports, out_values, in_specs, params, s
     overridden = [s.text for s in in_specs if s.type is not None]
     batchnorms = [n.input[0] for n in g.node if n.op_type == "BatchNormalization"] if params == "constant" else []
     if overridden or batchnorms or any(dtypes.rank(types[v]) is None for v in out_values):
+        g.value_info.extend(inner)  # inference on the piece starts from its recorded types
+        inner = []
         inferred = _infer_piece(model, g, overridden, set(out_values + batchnorms))
         if overridden:  # shapes downstream of a new input type change: take the new ones
             types.update((v, inferred[v]) for v in out_values if v in inferred)
@@ -255,7 +269,7 @@ def _type_ports(model, index, walk, g, in_ports, out_values, in_specs, params, s
     for k, v in enumerate(out_values):
         if types[v] is not None:
             g.output[k].type.CopyFrom(types[v])
-    return types
+    return types, inner
 
 
 def _tensor_without_rank(t: onnx.TypeProto | None) -> bool:
@@ -335,9 +349,9 @@ def _open_cut(index: GraphIndex, walk: Walk) -> InputError:
     )
 
 
-def _copy_value_info(index: GraphIndex, keep: set[int], boundary: list[str], g: onnx.GraphProto):
-    """In one pass over the declared types: copy those of the piece's inner values into
-    it, and return the types of its boundary values (None where unknown)."""
+def _copy_value_info(index: GraphIndex, keep: set[int], boundary: list[str]):
+    """In one pass over the declared types: the types of the piece's boundary values (None
+    where unknown), and the value_info entries of its inner values, in the model's order."""
     types: dict[str, onnx.TypeProto | None] = {v: index.type_of(v, value_info=False) for v in boundary}
     wanted = {v for v, t in types.items() if t is None}
     producer = index.producer
@@ -348,8 +362,7 @@ def _copy_value_info(index: GraphIndex, keep: set[int], boundary: list[str], g: 
             types[name] = vi.type if vi.type.WhichOneof("value") else None
         elif producer.get(name) in keep and name not in types:
             inner.append(vi)
-    g.value_info.extend(inner)
-    return types
+    return types, inner
 
 
 def _check_depends(index: GraphIndex, walk: Walk, out_res: list[Resolved], stop: set[str]) -> None:
