@@ -178,6 +178,9 @@ def extract(
         warnings += more
 
     out_names = _name_ports(g, in_ports, out_specs, out_res, stop | walk.params)
+    # the index and the walk hold a name object per value of the model: not needed from here
+    # on, they would only add to the peak of the check and of writing the piece
+    del index, walk, kept
 
     in_port_objs = [Port(name, value, dtypes.show(types[value]), res) for name, value, _, res in in_ports]
     out_port_objs = [Port(name, r.value, dtypes.show(types[r.value]), r) for name, r in zip(out_names, out_res)]

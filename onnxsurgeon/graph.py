@@ -208,23 +208,31 @@ class Walk:
 def walk_back(index: GraphIndex, outputs: list[str], stop: set[str]) -> Walk:
     """Walk back from the outputs to the inputs (not past ``stop``), collecting nodes and parameters."""
     w = Walk()
-    inits, graph_inputs, producer, nodes = index.initializers, index.inputs, index.producer, index.nodes
+    inits, graph_inputs, nodes = index.initializers, index.inputs, index.nodes
     sparse = {s.values.name for s in index.graph.sparse_initializer}
     seen, keep, reads = w.seen, w.keep, w.reads
+    # the loop runs once per value of the piece: its lookups are bound to locals
+    producer_of, mark, keep_node = index.producer.get, seen.add, keep.add
     stack = list(reversed(outputs))
+    pop, push = stack.pop, stack.extend
     while stack:
-        v = stack.pop()
+        v = pop()
         if v in seen:
             continue
-        seen.add(v)
+        mark(v)
         if v in stop:
             continue
-        i = producer.get(v)
+        i = producer_of(v)
         if i is not None:
             if i not in keep:
-                keep.add(i)
-                r = reads[i] = node_reads(nodes[i])
-                stack.extend(reversed(r))
+                keep_node(i)
+                node = nodes[i]
+                # node_reads, spelled out for the common node: no attribute, no omitted input
+                r = node_reads(node) if node.attribute else list(node.input)
+                if "" in r:
+                    r = [n for n in r if n]
+                reads[i] = r
+                push(reversed(r))
         elif v in inits or v in sparse:
             w.params.add(v)
         elif v in graph_inputs:
