@@ -281,3 +281,45 @@ def test_output_of_unknown_rank_needs_data_not_a_bug(cli, tmp_path):
     code, _, err = cli("extract", REC, "--in", "p2o.Add.31", "--out", "p2o.MatMul.13", "--auto-inputs", "--data", data, "-o", out)
     assert code == 0, err
     onnx.checker.check_model(onnx.load(out), full_check=True)
+
+
+TRANSFORMER_DYNAMO = Path(__file__).resolve().parent / "corpus" / "torch" / "transformer_dynamo.onnx"
+
+
+def test_a_big_piece_is_checked_before_its_value_info_is_added(monkeypatch):
+    """Over the full-check size, the checker (which then does not read value_info) gets the
+    piece before its copy of the inner values' types; the piece returned has them all, byte
+    for byte as a piece checked in full (issue 15)."""
+    from onnxsurgeon import checks
+
+    model = osg.load(TRANSFORMER_DYNAMO)
+    inner = [n.output[0] for n in model.graph.node if n.op_type != "Constant"]
+    spec = dict(inputs=["x"], outputs=[inner[-3]])
+    small, small_report = osg.extract(model, **spec)
+    assert len(small.graph.value_info) > 20  # the model records the types of inner values
+    seen = []
+    real = checks.checker_error
+    monkeypatch.setattr(checks, "FULL_CHECK_NODES", 0)
+    monkeypatch.setattr(checks, "checker_error", lambda m: seen.append(len(m.graph.value_info)) or real(m))
+    big, big_report = osg.extract(model, **spec)
+    assert seen == [0]
+    assert big.SerializeToString() == small.SerializeToString()
+    assert big_report == small_report
+
+
+def test_a_big_piece_the_checker_refuses_is_still_refused(fixture_path, monkeypatch):
+    """The check without value_info still refuses a piece onnxsurgeon built wrongly (issue 15)."""
+    from onnxsurgeon import checks, modes
+
+    real = modes.freeze
+
+    def broken(graph, *args, **kw):  # a bug: a node reads a value nothing produces
+        out = real(graph, *args, **kw)
+        graph.node[0].input[0] = "nowhere"
+        return out
+
+    monkeypatch.setattr(modes, "freeze", broken)
+    monkeypatch.setattr(checks, "FULL_CHECK_NODES", 0)
+    model = osg.load(fixture_path("bn_dropout.onnx"))
+    with pytest.raises(checks.InvalidResult, match="onnx.checker refuses: Nodes in a graph must be topologically sorted"):
+        osg.extract(model, inputs=["image"], outputs=["logits"], params="constant")
