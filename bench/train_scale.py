@@ -6,7 +6,10 @@ scale (default)
     1 thread each (each rank computes the gradients of 128 examples; gradients summed with
     MPI Allreduce). Each run is a fresh process (or job); the variants are interleaved,
     ``--repeat`` times each, and the best is kept (the machine may be shared: check the
-    load printed with the figures). Timed: rank 0's steps, from the first step event to the
+    load printed with the figures). The ceiling is measured in the same run: two
+    processes of 1 thread train at the same time, each alone on half the global batch
+    (forward, backward and optimizer step, no communication): what 2 ranks would reach
+    if the allreduce cost nothing, on cores that share caches and memory. Timed: rank 0's steps, from the first step event to the
     last. Also printed: the time rank 0 waits in the gradient allreduce per step and the
     bytes each rank contributes, and what a ring allreduce moves (2(N-1)/N of them).
 
@@ -95,27 +98,43 @@ def scale(args) -> None:
     if mpiexec is None:
         raise SystemExit("no mpiexec: pip install -e '.[mpi]'")
     code = CHILD.format(root=str(ROOT), steps=args.steps, batch=args.batch_size)
-    runs: dict[int, list[dict]] = {1: [], 2: []}
+    half = CHILD.format(root=str(ROOT), steps=args.steps, batch=args.batch_size // 2)
+    runs: dict[str, list[dict]] = {"1": [], "2": [], "alone": []}
     print(f"before: {_load()}", file=sys.stderr)
     for r in range(args.repeat):
-        for ranks in (1, 2):
-            command = [sys.executable, "-c", code] if ranks == 1 else [mpiexec, "-n", str(ranks), sys.executable, "-c", code]
-            proc = subprocess.run(command, capture_output=True, text=True, env=_env(), cwd=tempfile.gettempdir(), timeout=1800)
-            if proc.returncode != 0:
-                raise SystemExit(f"{ranks} ranks failed:\n{proc.stderr}")
-            result = json.loads(proc.stdout.strip().splitlines()[-1])
-            runs[ranks].append(result)
-            print(f"run {r + 1}: {ranks} rank(s) {result['examples_per_s']:8.0f} examples/s  "
+        for variant in runs:
+            if variant == "alone":  # the ceiling: 2 processes, half the batch each, no communication
+                commands = [[sys.executable, "-c", half]] * 2
+            elif variant == "1":
+                commands = [[sys.executable, "-c", code]]
+            else:
+                commands = [[mpiexec, "-n", variant, sys.executable, "-c", code]]
+            procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+                                      cwd=tempfile.gettempdir()) for c in commands]
+            results = []
+            for proc in procs:
+                out, err = proc.communicate(timeout=1800)
+                if proc.returncode != 0:
+                    raise SystemExit(f"{variant} failed:\n{err}")
+                results.append(json.loads(out.strip().splitlines()[-1]))
+            result = {**results[0], "examples_per_s": sum(x["examples_per_s"] for x in results)}
+            runs[variant].append(result)
+            label = {"1": "1 rank", "2": "2 ranks", "alone": "2 alone"}[variant]
+            print(f"run {r + 1}: {label:8s} {result['examples_per_s']:8.0f} examples/s  "
                   f"allreduce {result['allreduce_ms']:.2f} ms/step  ({_load()})", file=sys.stderr)
     best = {k: max(v, key=lambda x: x["examples_per_s"]) for k, v in runs.items()}
-    grad_bytes = best[2]["allreduce_bytes"]
+    one, two, alone = (best[k]["examples_per_s"] for k in ("1", "2", "alone"))
+    grad_bytes = best["2"]["allreduce_bytes"]
     n = 2
     print(f"MLP {'-'.join(map(str, SIZES))}, SGD momentum, global batch {args.batch_size}, 1 thread per rank, "
           f"{args.steps} steps, best of {args.repeat}; {_load()}")
-    for k in (1, 2):
-        print(f"  {k} rank(s): {best[k]['examples_per_s']:8.0f} examples/s ({best[k]['steps_per_s']:.2f} steps/s)")
-    print(f"  speed-up 2 ranks / 1 rank: {best[2]['examples_per_s'] / best[1]['examples_per_s']:.2f}x (target >= 1.7x)")
-    print(f"  allreduce: {best[2]['allreduce_ms']:.2f} ms per step on rank 0 (of {1000 / best[2]['steps_per_s']:.1f} ms), "
+    print(f"  1 rank:  {one:8.0f} examples/s ({best['1']['steps_per_s']:.2f} steps/s)")
+    print(f"  2 ranks: {two:8.0f} examples/s ({best['2']['steps_per_s']:.2f} steps/s)")
+    print(f"  2 processes alone, batch {args.batch_size // 2} each, no communication: {alone:8.0f} examples/s "
+          f"(2 ranks if the allreduce cost nothing)")
+    print(f"  speed-up 2 ranks / 1 rank: {two / one:.2f}x (target >= 1.7x); ceiling {alone / one:.2f}x; "
+          f"2 ranks reach {two / alone:.0%} of the ceiling")
+    print(f"  allreduce: {best['2']['allreduce_ms']:.2f} ms per step on rank 0 (of {1000 / best['2']['steps_per_s']:.1f} ms), "
           f"{grad_bytes / 1e6:.2f} MB summed per rank per step; a ring moves 2(N-1)/N of it: "
           f"{2 * (n - 1) / n * grad_bytes / 1e6:.2f} MB sent per rank per step")
 
