@@ -13,6 +13,12 @@ scale (default)
     last. Also printed: the time rank 0 waits in the gradient allreduce per step and the
     bytes each rank contributes, and what a ring allreduce moves (2(N-1)/N of them).
 
+phases
+    Where the time of a step goes (onnxruntime's forward and backward pass, the SGD step,
+    scaling each rank's share, waiting for the other rank, the gradient sum, the rest), each
+    timed inside the training loop: 1 rank on the global batch, 1 rank on half of it, and
+    rank 0 of 2 ranks.
+
 torch
     Steps/s of `onnxsurgeon train` (the library call the command makes, log attached)
     against a PyTorch eager loop (same model, same batches, SGD with momentum) on the same
@@ -23,6 +29,7 @@ torch
 
 Usage:
     python bench/train_scale.py [scale] [--steps 40] [--repeat 3]
+    python bench/train_scale.py phases [--steps 300] [--repeat 3]
     python bench/train_scale.py torch [--steps 40] [--repeat 3]
 """
 
@@ -67,6 +74,50 @@ if world.root:
                        "examples_per_s": timed * batch / (times[-1] - times[0]),
                        "allreduce_ms": 1000 * w.get("allreduce_seconds", 0) / steps,
                        "allreduce_bytes": w.get("allreduce_bytes", 0) / steps}}))
+"""
+
+
+PHASES_CHILD = r"""
+import json, sys, time
+import numpy as np
+sys.path.insert(0, {root!r})
+from bench.train_scale import mlp_model, mlp_data
+from onnxsurgeon.train import distributed, optim, ort
+from onnxsurgeon.train.loop import TrainSettings, train
+from onnxsurgeon.train.optim import OptimizerSettings
+world = distributed.from_environment()
+steps, batch = {steps}, {batch}
+T = dict.fromkeys(("onnxruntime", "sgd", "scaling", "waiting", "sum"), 0.0)
+def timed(key, fn):
+    def wrapper(*a, **k):
+        t = time.perf_counter(); r = fn(*a, **k); T[key] += time.perf_counter() - t; return r
+    return wrapper
+api = ort.api()
+api.Module.__call__ = timed("onnxruntime", api.Module.__call__)
+optim.SGD.step = timed("sgd", optim.SGD.step)
+if world.size > 1:  # the same steps as MPIWorld.reduce_step, with a barrier to tell waiting from summing
+    MPI = world.MPI
+    def reduce_step(grads, stats, scalars, mine, total):
+        t0 = time.perf_counter()
+        for a in (*grads, *stats):
+            a *= np.float32(mine / total)
+        t1 = time.perf_counter(); world.comm.Barrier(); t2 = time.perf_counter()
+        sums = np.array([v * mine for v in scalars])
+        MPI.Request.Waitall([world.comm.Iallreduce(MPI.IN_PLACE, a, op=MPI.SUM) for a in (*grads, *stats, sums)])
+        T["scaling"] += t1 - t0; T["waiting"] += t2 - t1; T["sum"] += time.perf_counter() - t2
+        return [float(v) / total for v in sums]
+    world.reduce_step = reduce_step
+times = []
+def progress(event):
+    if event["event"] == "step":
+        times.append(time.perf_counter())
+settings = TrainSettings(loss="ce(z, labels)", optimizer=OptimizerSettings("sgd", lr=0.01, momentum=0.9),
+                         batch_size=batch, shuffle=False, threads=1)
+train(mlp_model(), mlp_data(steps * batch), settings, progress=progress, world=world)
+if world.root:
+    step = (times[-1] - times[0]) / (len(times) - 1)
+    ms = {{k: 1000 * v / steps for k, v in T.items()}}
+    print(json.dumps({{"step": 1000 * step, **ms, "rest": 1000 * step - sum(ms.values())}}))
 """
 
 
@@ -137,6 +188,30 @@ def scale(args) -> None:
     print(f"  allreduce: {best['2']['allreduce_ms']:.2f} ms per step on rank 0 (of {1000 / best['2']['steps_per_s']:.1f} ms), "
           f"{grad_bytes / 1e6:.2f} MB summed per rank per step; a ring moves 2(N-1)/N of it: "
           f"{2 * (n - 1) / n * grad_bytes / 1e6:.2f} MB sent per rank per step")
+
+
+def phases(args) -> None:
+    """Where the time of a step goes: 1 rank on the global batch, 1 rank on half of it,
+    and rank 0 of 2 ranks, each phase timed inside the training loop."""
+    mpiexec = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shutil.which("mpiexec")
+    print(f"ms per step, {args.steps} steps, 1 thread per rank, fastest of {args.repeat}; {_load()}")
+    print("  " + "".join(f"{h:>13s}" for h in ("", "step", "onnxruntime", "sgd", "scaling", "waiting", "sum", "rest")))
+    rows = (("1 rank", 1, args.batch_size), ("1 rank, half", 1, args.batch_size // 2), ("2 ranks", 2, args.batch_size))
+    best: dict[str, dict] = {}
+    for _ in range(args.repeat):
+        for label, ranks, batch in rows:
+            code = PHASES_CHILD.format(root=str(ROOT), steps=args.steps, batch=batch)
+            command = [sys.executable, "-c", code] if ranks == 1 else [mpiexec, "-n", "2", sys.executable, "-c", code]
+            proc = subprocess.run(command, capture_output=True, text=True, env=_env(), cwd=tempfile.gettempdir(), timeout=1800)
+            if proc.returncode != 0:
+                raise SystemExit(f"{label} failed:\n{proc.stderr}")
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            if label not in best or r["step"] < best[label]["step"]:
+                best[label] = r
+    for label, _, _ in rows:
+        r = best[label]
+        print(f"  {label:>13s}" + "".join(f"{r[k]:13.2f}" for k in ("step", "onnxruntime", "sgd", "scaling", "waiting", "sum", "rest")))
+    print(f"after: {_load()}")
 
 
 # ---------------------------------------------------------------- onnxsurgeon against PyTorch
@@ -251,12 +326,12 @@ def against_torch(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", nargs="?", default="scale", choices=("scale", "torch"))
+    parser.add_argument("what", nargs="?", default="scale", choices=("scale", "phases", "torch"))
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    scale(args) if args.what == "scale" else against_torch(args)
+    {"scale": scale, "phases": phases, "torch": against_torch}[args.what](args)
 
 
 if __name__ == "__main__":

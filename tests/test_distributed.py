@@ -91,6 +91,9 @@ def train(folder: Path, ranks: int, out: str, *extra: str, timeout: float = 180,
 
 
 SGD = ("--optimizer", "sgd", "--lr", "0.05", "--momentum", "0.9", "--epochs", "7", "--max-steps", "20")
+# each rank updates its shard of every parameter: clipping needs the norm of all shards
+SGD_CLIP = ("--optimizer", "sgd", "--lr", "0.05", "--momentum", "0.9", "--nesterov", "--weight-decay", "0.001",
+            "--clip-norm", "0.1", "--epochs", "7", "--max-steps", "20")
 ADAM = ("--optimizer", "adam", "--lr", "0.01", "--weight-decay", "0.001", "--clip-norm", "0.5", "--schedule", "linear",
         "--warmup", "3", "--epochs", "7", "--max-steps", "20")
 
@@ -144,9 +147,9 @@ def test_launcher_without_mpi4py_exits_3_and_writes_nothing(files, tmp_path):
 
 
 @needs_mpi
-@pytest.mark.parametrize("optimizer", [SGD, ADAM], ids=["sgd-momentum", "adam"])
+@pytest.mark.parametrize("optimizer", [SGD, SGD_CLIP, ADAM], ids=["sgd-momentum", "sgd-clip", "adam"])
 def test_two_ranks_end_where_one_process_ends(files, optimizer):
-    name = optimizer[1]
+    name = optimizer[1] + ("-clip" if "--clip-norm" in optimizer and optimizer[1] == "sgd" else "")
     one = train(files, 1, f"{name}1.onnx", *optimizer)
     two = train(files, 2, f"{name}2.onnx", *optimizer, "--log", str(files / f"{name}2.jsonl"))
     assert one.returncode == 0, one.stderr
