@@ -60,6 +60,8 @@ world = distributed.from_environment()
 steps, batch = {steps}, {batch}
 model = mlp_model()
 arrays = mlp_data(steps * batch)
+PHASES = {{}}
+{instrument}
 times = []
 def progress(event):
     if event["event"] == "step":
@@ -70,27 +72,22 @@ _, report = train(model, arrays, settings, progress=progress, world=world)
 if world.root:
     w = report.world
     timed = len(times) - 1
+    step_ms = 1000 * (times[-1] - times[0]) / timed
+    phases = {{k: 1000 * v / steps for k, v in PHASES.items()}}
     print(json.dumps({{"ranks": world.size, "steps_per_s": timed / (times[-1] - times[0]),
                        "examples_per_s": timed * batch / (times[-1] - times[0]),
                        "allreduce_ms": 1000 * w.get("allreduce_seconds", 0) / steps,
-                       "allreduce_bytes": w.get("allreduce_bytes", 0) / steps}}))
+                       "allreduce_bytes": w.get("allreduce_bytes", 0) / steps,
+                       "step": step_ms, **phases, "rest": step_ms - sum(phases.values())}}))
 """
 
-
-PHASES_CHILD = r"""
-import json, sys, time
-import numpy as np
-sys.path.insert(0, {root!r})
-from bench.train_scale import mlp_model, mlp_data
-from onnxsurgeon.train import distributed, optim, ort
-from onnxsurgeon.train.loop import TrainSettings, train
-from onnxsurgeon.train.optim import OptimizerSettings
-world = distributed.from_environment()
-steps, batch = {steps}, {batch}
-T = dict.fromkeys(("onnxruntime", "sgd", "scaling", "waiting", "sum"), 0.0)
+# For `phases`: timers around onnxruntime's step, the SGD step and the parts of the gradient sum
+INSTRUMENT = r"""
+from onnxsurgeon.train import optim, ort
+PHASES.update(dict.fromkeys(("onnxruntime", "sgd", "scaling", "waiting", "sum"), 0.0))
 def timed(key, fn):
     def wrapper(*a, **k):
-        t = time.perf_counter(); r = fn(*a, **k); T[key] += time.perf_counter() - t; return r
+        t = time.perf_counter(); r = fn(*a, **k); PHASES[key] += time.perf_counter() - t; return r
     return wrapper
 api = ort.api()
 api.Module.__call__ = timed("onnxruntime", api.Module.__call__)
@@ -104,20 +101,9 @@ if world.size > 1:  # the same steps as MPIWorld.reduce_step, with a barrier to 
         t1 = time.perf_counter(); world.comm.Barrier(); t2 = time.perf_counter()
         sums = np.array([v * mine for v in scalars])
         MPI.Request.Waitall([world.comm.Iallreduce(MPI.IN_PLACE, a, op=MPI.SUM) for a in (*grads, *stats, sums)])
-        T["scaling"] += t1 - t0; T["waiting"] += t2 - t1; T["sum"] += time.perf_counter() - t2
+        PHASES["scaling"] += t1 - t0; PHASES["waiting"] += t2 - t1; PHASES["sum"] += time.perf_counter() - t2
         return [float(v) / total for v in sums]
     world.reduce_step = reduce_step
-times = []
-def progress(event):
-    if event["event"] == "step":
-        times.append(time.perf_counter())
-settings = TrainSettings(loss="ce(z, labels)", optimizer=OptimizerSettings("sgd", lr=0.01, momentum=0.9),
-                         batch_size=batch, shuffle=False, threads=1)
-train(mlp_model(), mlp_data(steps * batch), settings, progress=progress, world=world)
-if world.root:
-    step = (times[-1] - times[0]) / (len(times) - 1)
-    ms = {{k: 1000 * v / steps for k, v in T.items()}}
-    print(json.dumps({{"step": 1000 * step, **ms, "rest": 1000 * step - sum(ms.values())}}))
 """
 
 
@@ -148,8 +134,8 @@ def scale(args) -> None:
     mpiexec = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shutil.which("mpiexec")
     if mpiexec is None:
         raise SystemExit("no mpiexec: pip install -e '.[mpi]'")
-    code = CHILD.format(root=str(ROOT), steps=args.steps, batch=args.batch_size)
-    half = CHILD.format(root=str(ROOT), steps=args.steps, batch=args.batch_size // 2)
+    code = CHILD.format(root=str(ROOT), steps=args.steps, batch=args.batch_size, instrument="")
+    half = CHILD.format(root=str(ROOT), steps=args.steps, batch=args.batch_size // 2, instrument="")
     runs: dict[str, list[dict]] = {"1": [], "2": [], "alone": []}
     print(f"before: {_load()}", file=sys.stderr)
     for r in range(args.repeat):
@@ -200,7 +186,7 @@ def phases(args) -> None:
     best: dict[str, dict] = {}
     for _ in range(args.repeat):
         for label, ranks, batch in rows:
-            code = PHASES_CHILD.format(root=str(ROOT), steps=args.steps, batch=batch)
+            code = CHILD.format(root=str(ROOT), steps=args.steps, batch=batch, instrument=INSTRUMENT)
             command = [sys.executable, "-c", code] if ranks == 1 else [mpiexec, "-n", "2", sys.executable, "-c", code]
             proc = subprocess.run(command, capture_output=True, text=True, env=_env(), cwd=tempfile.gettempdir(), timeout=1800)
             if proc.returncode != 0:
