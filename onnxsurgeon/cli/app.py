@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
 from onnxsurgeon import __version__
@@ -10,6 +13,11 @@ from onnxsurgeon import __version__
 # class (TyperException) and BadParameter, but not UsageError: we reach UsageError as a base
 # class of BadParameter rather than import typer's private copy of click.
 UsageError: type[Exception] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+
+# The arguments and options several commands share
+Model = Annotated[Path, typer.Argument(help="The ONNX model file.", show_default=False, metavar="MODEL")]
+Json = Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
 
 app = typer.Typer(
     name="onnxsurgeon",

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from onnxsurgeon.cli import output
-from onnxsurgeon.cli.app import app
+from onnxsurgeon.cli.app import Json, Quiet, app
 from onnxsurgeon.errors import InputError
 
 
@@ -20,8 +20,8 @@ def compose(
     external_data: Annotated[bool, typer.Option("--external-data", help="Write weights to one file beside the network: OUT.data for -o OUT.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Allow the output to replace a model the recipe reads.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the plan; write nothing.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
+    as_json: Json = False,
+    quiet: Quiet = False,
 ) -> None:
     """Build a network from pieces, new inputs and new layers described in a recipe file.
 

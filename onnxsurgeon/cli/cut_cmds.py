@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from onnxsurgeon.cli import output
-from onnxsurgeon.cli.app import app
+from onnxsurgeon.cli.app import Json, Quiet, app
 from onnxsurgeon.errors import CheckFailed, InputError
 
 
@@ -42,8 +42,8 @@ def extract(
         bool, typer.Option("--force", help="Allow the output to replace the input model, or an existing file at the default path.")
     ] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be kept; write nothing.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
+    as_json: Json = False,
+    quiet: Quiet = False,
 ) -> None:
     """Cut the piece between --in and --out out of a model into a new model.
 
@@ -121,8 +121,8 @@ def verify(
     rtol: Annotated[float, typer.Option("--rtol", help="Relative tolerance.")] = 1e-5,
     atol: Annotated[float, typer.Option("--atol", help="Absolute tolerance.")] = 1e-6,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the random inputs.")] = 0,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
+    as_json: Json = False,
+    quiet: Quiet = False,
 ) -> None:
     """Check with onnxruntime that a piece computes what the original computes at the same points.
 

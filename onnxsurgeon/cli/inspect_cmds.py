@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from onnxsurgeon.cli import output
-from onnxsurgeon.cli.app import app
+from onnxsurgeon.cli.app import Json, Model, app
 
-Model = Annotated[Path, typer.Argument(help="The ONNX model file.", show_default=False, metavar="MODEL")]
-Json = Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")]
 
 
 @app.command()

@@ -12,12 +12,9 @@ from typing import Annotated, Any
 import typer
 
 from onnxsurgeon.cli import output
-from onnxsurgeon.cli.app import app
+from onnxsurgeon.cli.app import Json, Model, Quiet, app
 from onnxsurgeon.errors import CheckFailed, InputError
 
-Model = Annotated[Path, typer.Argument(help="The ONNX model file.", show_default=False, metavar="MODEL")]
-Json = Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
 Fixed = Annotated[list[str] | None, typer.Option("--fixed", help="A data array fed whole at every step (not per example: a sample rate, a trip count). Repeat for several.", show_default=False)]
 DataHelp = "Repeat, or a glob, for several files forming one data set; .npy and stored .npz members are memory-mapped."
 BatchAxis = Annotated[list[str] | None, typer.Option("--batch-axis", help="NAME=AXIS: that array holds its examples on AXIS (a state [2,N,128]: state=1). Repeat for several.", show_default=False)]
