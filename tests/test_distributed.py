@@ -247,7 +247,8 @@ def test_an_error_on_one_rank_ends_the_job_with_its_message(files, tmp_path):
     t0 = time.monotonic()
     proc = subprocess.run(command, capture_output=True, text=True, timeout=120, env=clean_env())
     assert proc.returncode != 0 and time.monotonic() - t0 < 60
-    assert "onnxsurgeon: error: rank 1 of 2: no such file" in proc.stderr and "gone.npz" in proc.stderr
+    seen = f"exit {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}"
+    assert "onnxsurgeon: error: rank 1 of 2: no such file" in proc.stderr and "gone.npz" in proc.stderr, seen
     assert not (tmp_path / "o.onnx").exists()
 
 

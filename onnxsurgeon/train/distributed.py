@@ -63,6 +63,7 @@ INSTALL_HINT = (
 )
 TIMEOUT_VARIABLE = "ONNXSURGEON_MPI_TIMEOUT"
 DEFAULT_TIMEOUT = 600.0
+ABORT_GRACE = 0.5  # seconds between a rank's last message and MPI_Abort
 
 _current: MPIWorld | None = None
 
@@ -218,6 +219,9 @@ class MPIWorld(World):
             sys.stderr.flush()
         except (OSError, ValueError):
             pass
+        # The launcher forwards what a rank printed through a pipe, and tears the job down
+        # at the abort: give it time to pass this rank's message on first.
+        time.sleep(ABORT_GRACE)
         try:
             self.comm.Abort(code)
         finally:  # Abort does not return; if the MPI library is broken, leave anyway
