@@ -26,6 +26,7 @@ output.
 
 Usage:
     python bench/extract_speed.py [--sizes 10000,50000,200000] [--repeat 3] [--no-peer]
+                                  [--types none,recorded] [--slices late10,half]
 """
 
 from __future__ import annotations
@@ -239,8 +240,16 @@ def main() -> None:
     ap.add_argument("--peer-timeout", type=float, default=120,
                     help="give up on the peer (and on larger sizes) after this many seconds")
     ap.add_argument("--peer-recursion-limit", type=int, default=1_000_000)
+    ap.add_argument("--types", default=",".join(VARIANTS),
+                    help="comma-separated variants to measure: none (no recorded types), recorded")
+    ap.add_argument("--slices", default=",".join(SLICES), help="comma-separated slices to cut: late10, half")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
+    variants = [v for v in args.types.split(",") if v]
+    cuts_measured = [c for c in args.slices.split(",") if c]
+    for name, given, known in (("--types", variants, VARIANTS), ("--slices", cuts_measured, SLICES)):
+        if not given or set(given) - set(known):
+            ap.error(f"{name} takes some of: {', '.join(known)}")
 
     global LIB
     peer_code = PEER.replace("RECURSION_LIMIT", str(args.peer_recursion_limit))
@@ -259,27 +268,31 @@ def main() -> None:
             paths: dict[str, str] = {}
             t0 = time.perf_counter()
             model = synth.make_transformer(size)
-            paths["none"] = os.path.join(tmp, f"synth{size}-none.onnx")
-            onnx.save(model, paths["none"])
+            if "none" in variants:
+                paths["none"] = os.path.join(tmp, f"synth{size}-none.onnx")
+                onnx.save(model, paths["none"])
             t1 = time.perf_counter()
-            typed = synth.record_types(model)  # = make_transformer(size, value_info=True)
-            paths["recorded"] = os.path.join(tmp, f"synth{size}-recorded.onnx")
-            onnx.save(typed, paths["recorded"])
-            n_vi = len(typed.graph.value_info)
-            del typed
+            n_vi = 0
+            if "recorded" in variants:
+                typed = synth.record_types(model)  # = make_transformer(size, value_info=True)
+                paths["recorded"] = os.path.join(tmp, f"synth{size}-recorded.onnx")
+                onnx.save(typed, paths["recorded"])
+                n_vi = len(typed.graph.value_info)
+                del typed
             t2 = time.perf_counter()
-            cuts = slices(model)
+            cuts = {c: ab for c, ab in slices(model).items() if c in cuts_measured}
             nodes = len(model.graph.node)
             mb = {v: os.path.getsize(p) / 1e6 for v, p in paths.items()}
-            print(f"\n{nodes} nodes; types none: {mb['none']:.1f} MB, generated+saved in {t1 - t0:.1f} s; "
-                  f"types recorded: {n_vi} value_info, {mb['recorded']:.1f} MB, in {t2 - t1:.1f} s more")
+            print(f"\n{nodes} nodes; generated in {t2 - t0:.1f} s; "
+                  + "; ".join(f"types {v}: {mb[v]:.1f} MB" for v in variants)
+                  + (f" ({n_vi} value_info)" if n_vi else ""))
             for c, (a, b) in cuts.items():
                 print(f"  slice {c}: {a} -> {b}")
 
             results: dict[tuple, list[dict]] = {}
             kept: dict[str, int] = {}
             for rep in range(args.repeat):
-                for variant in VARIANTS:
+                for variant in variants:
                     def go(method: str, code: str, cut: str | None, timeout: float | None = None) -> dict:
                         a, b = cuts[cut or "half"]
                         out = os.path.join(tmp, f"{method}-{variant}-{cut}.onnx")
@@ -291,19 +304,19 @@ def main() -> None:
                         return r
 
                     go("floor", FLOOR, None)
-                    for cut in SLICES:
+                    for cut in cuts:
                         if not why_not:
                             go("surgeon", SURGEON, cut)
                         if use_peer[variant, cut]:
                             if "error" in go("peer", peer_code, cut, args.peer_timeout):
                                 use_peer[variant, cut] = False  # too slow or broken: not again, nor larger sizes
 
-            for variant in VARIANTS:
+            for variant in variants:
                 floor = results[variant, "floor", None]
                 base = {"nodes": nodes, "types": variant, "mb": mb[variant],
                         "floor": median_of(floor, "timed"), "floor_hwm": median_of(floor, "hwm"),
                         "raw": median_of(floor, "raw")}
-                for cut in SLICES:
+                for cut in cuts:
                     row = dict(base, slice=cut)
                     for method in METHODS:
                         runs = results.get((variant, method, cut), [])
@@ -351,8 +364,8 @@ def main() -> None:
         print(f"\nlinearity: time per node at {hi_n} nodes / at {lo_n} nodes (1.0 = linear); per node kept "
               "for the half slice, per node of the model for the late one (whose size does not grow), "
               "and for the floor")
-        for variant in VARIANTS:
-            for cut in SLICES:
+        for variant in variants:
+            for cut in cuts_measured:
                 lo = next(r for r in rows if (r["types"], r["slice"], r["nodes"]) == (variant, cut, lo_n))
                 hi = next(r for r in rows if (r["types"], r["slice"], r["nodes"]) == (variant, cut, hi_n))
                 per = "surgeon_nodes" if cut == "half" else "nodes"
