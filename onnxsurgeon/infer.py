@@ -156,14 +156,30 @@ class TypePass:
         self.ids[name] = k
         return k
 
+    def _register_initializers(self) -> None:
+        """:meth:`_source` of every initializer (so that a node writing one is seen as a second
+        writer), with weights, by far the most, keyed by element type and dims in one loop."""
+        ids, tensor_types, source = self.ids, self.tensor_types, self._source
+        external, integer, prod = onnx.TensorProto.EXTERNAL, _INTEGER, math.prod
+        for name, t in self.initializers.items():
+            data_type = t.data_type
+            if data_type in integer:
+                source(name)
+                continue
+            dims = tuple(t.dims)
+            k = tensor_types.get((data_type, dims))
+            if k is None or (prod(dims) <= 8 and t.data_location != external):
+                source(name)
+            else:
+                ids[name] = k
+
     # --- the pass --------------------------------------------------------------------------
     def run(self, upto: int) -> None:
         """Process the nodes before index ``upto`` (graph order) not yet processed."""
         ids, memo, source, declared = self.ids, self.memo, self._source, self.declared
         if not self.done:
             ids[""] = _EMPTY
-            for name in self.initializers:
-                source(name)
+            self._register_initializers()
         get, sig_node = ids.__getitem__, self.sig_node
         for n in self.nodes[self.done : upto]:
             attrs, outputs = n.attribute, n.output
