@@ -164,7 +164,7 @@ def extract(
     folded: list[str] = []
     removed: list[str] = []
     if params == "constant":
-        g.value_info.extend(inner_types)  # freezing renames and drops value_info entries
+        _add_value_info(g, inner_types)  # freezing renames and drops value_info entries
         inner_types = []
 
         def rank_of(name: str) -> int | None:
@@ -177,6 +177,9 @@ def extract(
         folded, removed, more = modes.freeze(g, rank_of, set(out_values), elem_of, piece.functions)
         warnings += more
 
+    if isinstance(inner_types, bytes) and any(s.new_name for s in out_specs):
+        _add_value_info(g, inner_types)  # inferred entries include the outputs, which get new names
+        inner_types = []
     out_names = _name_ports(g, in_ports, out_specs, out_res, stop | walk.params)
     # the index and the walk hold a name object per value of the model: not needed from here
     # on, they would only add to the peak of the check and of writing the piece
@@ -200,14 +203,14 @@ def extract(
     )
     meta.put(piece, meta.CUT, json.dumps(provenance))
     if checks.full_check(piece):
-        g.value_info.extend(inner_types)
+        _add_value_info(g, inner_types)
         inner_types = []
     # The checker without its full check does not read value_info: a big piece is checked
     # before its copy of the inner values' types is added (a third of its bytes, which the
     # checker would parse for nothing). Renaming never touches those entries: they are not
-    # ports.
+    # ports (those inferred by the type pass can be: see above).
     warnings += checks.check_result(piece, "a piece", [model])
-    g.value_info.extend(inner_types)
+    _add_value_info(g, inner_types)
 
     report = ExtractReport(
         inputs=tuple(in_port_objs),
@@ -256,8 +259,9 @@ def _type_ports(model, index, walk, g, in_ports, out_values, in_specs, params, s
     batchnorms = [n.input[0] for n in g.node if n.op_type == "BatchNormalization"] if params == "constant" else []
     if overridden or batchnorms or any(dtypes.rank(types[v]) is None for v in out_values):
         g.value_info.extend(inner)  # inference on the piece starts from its recorded types
-        inner = []
-        inferred = _infer_piece(model, g, overridden, set(out_values + batchnorms))
+        deferred: list[bytes] = []
+        inferred = _infer_piece(model, g, overridden, set(out_values + batchnorms), deferred)
+        inner = deferred[0] if deferred else []
         if overridden:  # shapes downstream of a new input type change: take the new ones
             types.update((v, inferred[v]) for v in out_values if v in inferred)
         _update_types(types, {v: inferred[v] for v in out_values + batchnorms if v in inferred})
@@ -565,16 +569,17 @@ def _update_types(types: dict[str, onnx.TypeProto | None], found: dict[str, onnx
 
 
 def _infer_piece(
-    model: onnx.ModelProto, g: onnx.GraphProto, overridden: list[str], wanted: set[str]
+    model: onnx.ModelProto, g: onnx.GraphProto, overridden: list[str], wanted: set[str], defer: list[bytes] | None = None
 ) -> dict[str, onnx.TypeProto]:
     """Shape inference on the piece. After a type override it is strict and starts from
-    scratch, so a shape that can no longer fit is refused before anything is written."""
+    scratch, so a shape that can no longer fit is refused before anything is written.
+    ``defer``: see :func:`_infer_piece_by_node`."""
     if overridden:
         del g.value_info[:]
         for o in g.output:
             o.type.Clear()
     else:
-        fast = _infer_piece_by_node(model, g, wanted)
+        fast = _infer_piece_by_node(model, g, wanted, defer)
         if fast is not None:
             return fast
     try:
@@ -597,10 +602,14 @@ def _infer_piece(
     return {k: t for k, t in found.items() if k in wanted and t.WhichOneof("value") is not None}
 
 
-def _infer_piece_by_node(model: onnx.ModelProto, g: onnx.GraphProto, wanted: set[str]) -> dict[str, onnx.TypeProto] | None:
+def _infer_piece_by_node(
+    model: onnx.ModelProto, g: onnx.GraphProto, wanted: set[str], defer: list[bytes] | None = None
+) -> dict[str, onnx.TypeProto] | None:
     """What :func:`_infer_piece` finds without a type override, from the node-by-node pass
     (infer.py): the same types, and the same value_info added, in the same order (that of
-    the nodes' outputs). None where the pass cannot stand for inference on the piece."""
+    the nodes' outputs). None where the pass cannot stand for inference on the piece.
+    With ``defer``, the value_info entries (serialised) are appended to it instead, for the
+    caller to add to the piece."""
     nodes = list(g.node)
     recorded = {v.name for v in g.value_info}
     # inference merges recorded types with what it infers; the pass does not
@@ -621,8 +630,19 @@ def _infer_piece_by_node(model: onnx.ModelProto, g: onnx.GraphProto, wanted: set
         entries = p.value_info_bytes(o for n in nodes for o in n.output if o and o not in typed_outputs)
         if entries is None:
             return None
-        g.MergeFromString(entries)
+        if defer is not None:
+            defer.append(entries)
+        else:
+            g.MergeFromString(entries)
     return found
+
+
+def _add_value_info(g: onnx.GraphProto, entries: list[onnx.ValueInfoProto] | bytes) -> None:
+    """Add value_info entries to a piece: copies of the model's, or serialised by the type pass."""
+    if isinstance(entries, bytes):
+        g.MergeFromString(entries)
+    else:
+        g.value_info.extend(entries)
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")

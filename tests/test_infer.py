@@ -159,3 +159,29 @@ def test_pieces_are_byte_for_byte_those_of_whole_graph_inference(monkeypatch):
                 m.setattr(cut, "_infer_piece_by_node", lambda *a: None)
                 slow = _pieces(model, cuts, params=params)
             assert fast == slow, (name, params)
+
+
+def test_a_big_untyped_piece_is_checked_before_its_inferred_value_info_is_added(monkeypatch):
+    """Over the full-check size, the value_info the type pass infers for the piece is added
+    after the checker (which then does not read it) has seen the piece; the piece returned is
+    byte for byte the one of onnx's inference on the piece, with records on its ports too (a
+    record renames an output, whose inferred entry must be renamed with it)."""
+    from onnxsurgeon import checks
+
+    model = synth.make_transformer(2000)
+    layers = int({p.key: p.value for p in model.metadata_props}["synth.num_layers"])
+    a, b = synth.layer_boundary(layers // 4), synth.layer_boundary(3 * layers // 4)
+    specs = [([a], [b]), ([f"x={a}"], [f"y={b}"]), ([a], [f"y={b}"]), ([f"x={a}"], [b])]
+    with monkeypatch.context() as m:
+        m.setattr(cut, "_infer_piece_by_node", lambda *a: None)
+        slow = [osg.extract(model, inputs=i, outputs=o) for i, o in specs]
+    assert all(len(p.graph.value_info) > 500 for p, _ in slow)
+    seen = []
+    real = checks.checker_error
+    monkeypatch.setattr(checks, "FULL_CHECK_NODES", 0)
+    monkeypatch.setattr(checks, "checker_error", lambda m: seen.append(len(m.graph.value_info)) or real(m))
+    for (i, o), (piece, report) in zip(specs, slow):
+        big, big_report = osg.extract(model, inputs=i, outputs=o)
+        assert big.SerializeToString() == piece.SerializeToString(), (i, o)
+        assert big_report == report
+    assert seen[0] == 0 and seen[3] == 0  # no record on the output: the checker saw no value_info
