@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from operator import attrgetter
 
 import onnx
 
@@ -35,6 +36,8 @@ _DATA_SOURCES = frozenset({"Shape", "Size"})
 _SUBGRAPH = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
 # A value whose data was computed by more nodes than this is not rebuilt: unknown instead.
 _MAX_RECIPE = 64
+
+_INPUT, _OUTPUT = attrgetter("input"), attrgetter("output")
 
 UNKNOWN = -1  # a value this pass cannot type as whole-graph inference would
 _EMPTY = -2  # an omitted optional input ("")
@@ -98,13 +101,17 @@ class TypePass:
         initializers: dict[str, onnx.TensorProto],
         inputs: dict[str, onnx.ValueInfoProto],
         declared: Iterable[str] = (),
+        names: tuple[list[tuple[str, ...]], list[tuple[str, ...]]] | None = None,
     ) -> None:
         """The pass over ``nodes`` of a graph with those parameters and graph inputs (by
         name), in a model with ``model``'s opsets and functions. ``declared``: values whose
         recorded type whole-graph inference merges with the inferred one; this pass does
-        not, so they and what reads them are UNKNOWN."""
+        not, so they and what reads them are UNKNOWN. ``names``: the inputs and the outputs
+        of each node, where the caller has them already (reading them from the nodes makes
+        a string of every name: 40% of the pass)."""
         self.model = model
         self.nodes, self.initializers, self.inputs = nodes, initializers, inputs
+        self.names = names
         self.declared = set(declared)
         self.ids: dict[str, int] = {}  # value name -> key id
         # key id -> ("t", type bytes) | ("init", tensor bytes)
@@ -181,14 +188,18 @@ class TypePass:
             ids[""] = _EMPTY
             self._register_initializers()
         get, sig_node = ids.__getitem__, self.sig_node
-        for n in self.nodes[self.done : upto]:
-            attrs, outputs = n.attribute, n.output
+        nodes = self.nodes[self.done : upto]
+        if self.names is not None:
+            all_inputs, all_outputs = (names[self.done : upto] for names in self.names)
+        else:
+            all_inputs, all_outputs = map(_INPUT, nodes), map(_OUTPUT, nodes)
+        for n, inputs, outputs in zip(nodes, all_inputs, all_outputs):
+            attrs = n.attribute
             # the number of outputs is part of the signature: it decides inference (Split)
             if attrs:
                 sig = (n.domain, n.op_type, len(outputs), b"".join([a.SerializeToString() for a in attrs]))
             else:
                 sig = (n.domain, n.op_type, len(outputs))
-            inputs = n.input
             try:
                 key = (sig, *map(get, inputs))
             except KeyError:

@@ -114,20 +114,24 @@ def nodes(model: onnx.ModelProto, /, grep: str | None = None, op: str | None = N
         raise InputError(f"--grep {grep!r} is not a valid regular expression: {e}", "escape special characters, e.g. '\\['") from None
     index = GraphIndex(model.graph)
     every_node = index.nodes
+    # the names of every node, read once (each read of a name makes a new string): for
+    # --grep, the type pass and the lines
+    io = ([tuple(n.input) for n in every_node], [tuple(n.output) for n in every_node])
     op_lower = op.lower() if op else None
     positions = [i for i, n in enumerate(every_node) if n.op_type.lower() == op_lower] if op_lower else range(len(every_node))
     if pattern:
-        positions = [positions[j] for j in _grep_positions(pattern, [every_node[i] for i in positions] if op_lower else every_node)]
-    selected = [every_node[i] for i in positions] if len(positions) != len(every_node) else every_node
+        found = _grep_positions(pattern, [every_node[i].name for i in positions], [io[1][i] for i in positions], [io[0][i] for i in positions])
+        positions = [positions[j] for j in found]
+    every = len(positions) == len(every_node)
+    selected = every_node if every else [every_node[i] for i in positions]
     # types only of the values shown: inference stops at the last node listed
-    every = len(selected) == len(every_node)
-    texts = _type_texts(model, index, None if every else selected, positions[-1] if positions else -1)
-    outputs_of = [tuple(node.output) for node in selected]
+    texts = _type_texts(model, index, io, None if every else positions)
+    outputs_of = io[1] if every else [io[1][i] for i in positions]
+    inputs_of = io[0] if every else [io[0][i] for i in positions]
     aliases = _aliases([o for outs in outputs_of for o in outs])
     lines = []
     k = 0
-    for node, outputs in zip(selected, outputs_of):
-        inputs = tuple(node.input)
+    for node, inputs, outputs in zip(selected, inputs_of, outputs_of):
         domain = node.domain
         n = len(outputs)
         lines.append(
@@ -162,10 +166,12 @@ def _aliases(names: list[str]) -> tuple[str, ...]:
     )
 
 
-def _type_texts(model: onnx.ModelProto, index: GraphIndex, selected: list[onnx.NodeProto] | None, last: int = -1) -> dict[str, str]:
-    """The type, as ``nodes`` shows it, of the values of every node (``selected`` None) or
-    at least of the ``selected`` nodes, the last of which is node ``last``: what
-    :func:`_types` finds, each type written once."""
+def _type_texts(
+    model: onnx.ModelProto, index: GraphIndex, io: tuple[list[tuple[str, ...]], list[tuple[str, ...]]], positions: list[int] | None
+) -> dict[str, str]:
+    """The type, as ``nodes`` shows it, of the values of every node (``positions`` None) or
+    at least of the nodes at ``positions`` (in order): what :func:`_types` finds, each type
+    written once. ``io``: the inputs and the outputs of every node."""
     declared = {n: vi.type for n, vi in index.value_info.items() if vi.type.WhichOneof("value")}
     by_bytes: dict[bytes, str] = {}
     texts: dict[str, str] = {}
@@ -182,22 +188,23 @@ def _type_texts(model: onnx.ModelProto, index: GraphIndex, selected: list[onnx.N
         if text is None:
             text = by_shape[key] = dtypes.show(onnx.helper.make_tensor_type_proto(t.data_type, list(t.dims)))
         texts[n] = text
-    if selected is None:
-        if all(o in texts or not o for n in index.nodes for o in n.output):
+    inputs_of, outputs_of = io
+    if positions is None:
+        if all(o in texts or not o for outs in outputs_of for o in outs):
             return texts
         upto = len(index.nodes)
         wanted = None
     else:
-        wanted = [o for node in selected for o in (*node.input, *node.output) if o and o not in texts]
+        wanted = [x for i in positions for x in (*inputs_of[i], *outputs_of[i]) if x and x not in texts]
         if not wanted:
             return texts
         # the pass must pass every writer of a value shown: a second writer makes it
         # unknown, a value read before it is written is typed by its writer
-        upto = _writers_after(index.nodes, last + 1, set(wanted)) + 1
+        upto = _writers_after(outputs_of, positions[-1] + 1, set(wanted)) + 1
     # node by node, once per distinct node (infer.py), up to the last node that writes a
     # value asked for; recorded types are merged with the inferred ones by whole-graph
     # inference, which that pass does not do
-    found = infer.TypePass(model, index.nodes, index.initializers, index.inputs, declared=index.value_info)
+    found = infer.TypePass(model, index.nodes, index.initializers, index.inputs, declared=index.value_info, names=io)
     found.run(upto)
     ids = found.ids
     if wanted is None:
@@ -205,7 +212,7 @@ def _type_texts(model: onnx.ModelProto, index: GraphIndex, selected: list[onnx.N
     else:
         unknown = any(found.type_of(n) is infer.UNKNOWN for n in wanted)
     if unknown:  # as before: whole-graph inference
-        types = _types(model, index, None if selected is None else {n for node in selected for n in (*node.input, *node.output)})
+        types = _types(model, index, None if positions is None else {x for i in positions for x in (*inputs_of[i], *outputs_of[i])})
         shown: dict[int, str] = {}
         out = {}
         for n, t in types.items():
@@ -220,12 +227,12 @@ def _type_texts(model: onnx.ModelProto, index: GraphIndex, selected: list[onnx.N
     return inferred
 
 
-def _writers_after(nodes: list[onnx.NodeProto], start: int, names: set[str]) -> int:
-    """The index of the last node from ``start`` on that writes one of ``names``, or
-    ``start - 1`` if none does."""
+def _writers_after(outputs_of: list[tuple[str, ...]], start: int, names: set[str]) -> int:
+    """The index of the last node from ``start`` on that writes one of ``names`` (node ``i``
+    writes ``outputs_of[i]``), or ``start - 1`` if none does."""
     last = start - 1
-    for i in range(start, len(nodes)):
-        if not names.isdisjoint(nodes[i].output):
+    for i in range(start, len(outputs_of)):
+        if not names.isdisjoint(outputs_of[i]):
             last = i
     return last
 
@@ -243,12 +250,15 @@ _ACROSS_NAMES = ("\\A", "\\Z", "\\z", "(?<", "(?", "\\n", "\\s", "\\S", "\\W", "
 
 def _grep(pattern: re.Pattern[str], nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
     """The nodes with a name, output or input that ``pattern`` finds in: see :func:`_grep_positions`."""
-    return [nodes[i] for i in _grep_positions(pattern, nodes)]
+    found = _grep_positions(pattern, [n.name for n in nodes], [tuple(n.output) for n in nodes], [tuple(n.input) for n in nodes])
+    return [nodes[i] for i in found]
 
 
-def _grep_positions(pattern: re.Pattern[str], nodes: list[onnx.NodeProto]) -> list[int]:
-    """The positions of the nodes with a name, output or input that ``pattern`` finds in (a ``search``), or
-    in whose alias it finds.
+def _grep_positions(
+    pattern: re.Pattern[str], names: list[str], outputs_of: list[tuple[str, ...]], inputs_of: list[tuple[str, ...]]
+) -> list[int]:
+    """The positions of the nodes (their names, outputs and inputs given) with a name,
+    output or input that ``pattern`` finds in (a ``search``), or in whose alias it finds.
 
     Searching each name and alias costs three calls per name, seconds on a 200k-node graph.
     So the names are searched as one text, a line each, and so are their aliases; only the
@@ -267,10 +277,10 @@ def _grep_positions(pattern: re.Pattern[str], nodes: list[onnx.NodeProto]) -> li
 
     flat: list[str] = []  # every node's name, outputs and inputs, node after node
     ends = []  # where each node's names end in flat
-    for node in nodes:
-        flat.append(node.name)
-        flat.extend(node.output)
-        flat.extend(node.input)
+    for name, outputs, inputs in zip(names, outputs_of, inputs_of):
+        flat.append(name)
+        flat.extend(outputs)
+        flat.extend(inputs)
         ends.append(len(flat))
     text = "\n".join(flat)
     if any(a in pattern.pattern for a in _ACROSS_NAMES) or text.count("\n") != len(flat) - 1:
