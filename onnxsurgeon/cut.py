@@ -616,7 +616,8 @@ def _infer_piece_by_node(
     typed_outputs = {o.name for o in g.output if o.type.WhichOneof("value") is not None}
     declared = recorded | typed_outputs
     inits = {t.name: t for t in g.initializer}
-    p = infer.TypePass(model, nodes, inits, {v.name: v for v in g.input if v.name not in inits}, declared)
+    outputs = [tuple(n.output) for n in nodes]  # read once: for the pass and the value_info
+    p = infer.TypePass(model, nodes, inits, {v.name: v for v in g.input if v.name not in inits}, declared, names=(None, outputs))
     p.run(len(nodes))
     found = {}
     for name in wanted:
@@ -627,7 +628,7 @@ def _infer_piece_by_node(
             found[name] = t
     if not recorded:  # as _infer_piece: the piece keeps what inference learnt of inner values
         # every typed value but the typed graph outputs, untyped graph outputs too
-        entries = p.value_info_bytes(o for n in nodes for o in n.output if o and o not in typed_outputs)
+        entries = p.value_info_bytes(o for outs in outputs for o in outs if o and o not in typed_outputs)
         if entries is None:
             return None
         if defer is not None:

@@ -98,11 +98,17 @@ class GraphIndex:
         self.outputs: dict[str, onnx.ValueInfoProto] = {v.name: v for v in graph.output}
 
     @cached_property
+    def node_outputs(self) -> list[tuple[str, ...]]:
+        """The outputs of each node. Each read of a name from a node makes a new string: the
+        producer index and the type pass share these."""
+        return [tuple(n.output) for n in self.nodes]
+
+    @cached_property
     def producer(self) -> dict[str, int]:
         """The node (index) that writes each value. Built on first use: the one pass over
         every node, written for speed (a cut of a big graph needs it; a listing does not)."""
         producer: dict[str, int] = {}
-        for i, outs in enumerate([n.output for n in self.nodes]):
+        for i, outs in enumerate(self.node_outputs):
             if len(outs) == 1:
                 producer[outs[0]] = i
             else:

@@ -101,14 +101,14 @@ class TypePass:
         initializers: dict[str, onnx.TensorProto],
         inputs: dict[str, onnx.ValueInfoProto],
         declared: Iterable[str] = (),
-        names: tuple[list[tuple[str, ...]], list[tuple[str, ...]]] | None = None,
+        names: tuple[list[tuple[str, ...]] | None, list[tuple[str, ...]] | None] = (None, None),
     ) -> None:
         """The pass over ``nodes`` of a graph with those parameters and graph inputs (by
         name), in a model with ``model``'s opsets and functions. ``declared``: values whose
         recorded type whole-graph inference merges with the inferred one; this pass does
         not, so they and what reads them are UNKNOWN. ``names``: the inputs and the outputs
         of each node, where the caller has them already (reading them from the nodes makes
-        a string of every name: 40% of the pass)."""
+        a string of every name: 40% of the pass), or None."""
         self.model = model
         self.nodes, self.initializers, self.inputs = nodes, initializers, inputs
         self.names = names
@@ -189,10 +189,9 @@ class TypePass:
             self._register_initializers()
         get, sig_node = ids.__getitem__, self.sig_node
         nodes = self.nodes[self.done : upto]
-        if self.names is not None:
-            all_inputs, all_outputs = (names[self.done : upto] for names in self.names)
-        else:
-            all_inputs, all_outputs = map(_INPUT, nodes), map(_OUTPUT, nodes)
+        known_inputs, known_outputs = self.names
+        all_inputs = known_inputs[self.done : upto] if known_inputs is not None else map(_INPUT, nodes)
+        all_outputs = known_outputs[self.done : upto] if known_outputs is not None else map(_OUTPUT, nodes)
         for n, inputs, outputs in zip(nodes, all_inputs, all_outputs):
             attrs = n.attribute
             # the number of outputs is part of the signature: it decides inference (Split)
@@ -346,6 +345,6 @@ def infer_types(model: onnx.ModelProto, index: GraphIndex, names: Iterable[str])
     this pass cannot say and whole-graph inference must."""
     names = list(names)
     last = max((index.producer.get(n, -1) for n in names), default=-1)
-    p = TypePass(model, index.nodes, index.initializers, index.inputs)
+    p = TypePass(model, index.nodes, index.initializers, index.inputs, names=(None, index.node_outputs))
     p.run(last + 1)
     return {n: p.type_of(n) for n in names}
