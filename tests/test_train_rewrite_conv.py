@@ -24,6 +24,11 @@ CASES = {  # name: (x shape, kernel shape, attributes, bias)
     "2d_groups_dilation": ((2, 4, 3, 3), (4, 1, 2, 2), {"group": 2, "dilations": [2, 1]}, False),
     "1d_stride3": ((2, 3, 4), (3, 2, 2), {"strides": [3]}, True),
     "2d_paddle_upsample": ((2, 2, 3, 3), (2, 2, 2, 2), {"strides": [2, 2]}, False),
+    "2d_output_shape": ((2, 2, 3, 4), (2, 3, 3, 3), {"strides": [2, 2], "output_shape": [6, 7]}, True),
+    "2d_output_shape_same_upper": ((2, 2, 3, 3), (2, 2, 4, 3), {"strides": [2, 1], "output_shape": [5, 4], "auto_pad": "SAME_UPPER"}, False),
+    "1d_same_upper": ((2, 3, 5), (3, 2, 4), {"strides": [2], "auto_pad": "SAME_UPPER"}, True),
+    "1d_same_lower": ((2, 3, 5), (3, 2, 4), {"strides": [3], "auto_pad": "SAME_LOWER"}, True),
+    "2d_valid": ((2, 2, 3, 3), (2, 2, 3, 2), {"strides": [2, 2], "auto_pad": "VALID"}, False),
 }
 
 
@@ -84,10 +89,13 @@ def test_conv_transpose_trains_as_a_conv(case):
         np.testing.assert_allclose(step, grad, rtol=1e-3, atol=1e-4)
 
 
-def test_conv_transpose_with_output_shape_is_refused_with_the_reason():
+def test_conv_transpose_with_output_shape_on_unknown_sizes_is_refused_with_the_reason():
     model, _ = model_of((2, 2, 3, 3), (2, 2, 2, 2), {"strides": [2, 2], "output_shape": [6, 6]}, False)
+    del model.graph.input[0].type.tensor_type.shape.dim[2:]
+    model.graph.input[0].type.tensor_type.shape.dim.add().dim_param = "H"
+    model.graph.input[0].type.tensor_type.shape.dim.add().dim_param = "W"
     _, prep = prepare(model, set())
-    assert dict(prep.not_rewritten).get("up", "").startswith("output_shape")
+    assert dict(prep.not_rewritten).get("up", "").startswith("output_shape or auto_pad NOTSET and the spatial sizes")
 
 
 @pytest.mark.parametrize("sizes", ["symbolic", "known"])

@@ -30,12 +30,32 @@ def _spread(b: Builder, x: str, rank: int, axis: int, s: int) -> str:
     return b.op("Transpose", cut, perm=perm) if axis != rank - 1 else cut
 
 
+def _pads_for(node: onnx.NodeProto, cx: Context, a: dict, kernel: list[int]) -> list[int]:
+    """The explicit pads of a ConvTranspose that gives `output_shape` or sets `auto_pad`
+    (the ONNX formulas: total padding = stride (in - 1) + output_padding + d (k - 1) + 1 - out,
+    out = in * stride for SAME without output_shape; SAME_UPPER puts the odd one at the end)."""
+    mode = text(a.get("auto_pad", "NOTSET")) or "NOTSET"
+    spatial = len(kernel)
+    if "output_shape" not in a and mode in ("NOTSET", "VALID"):
+        return list(a.get("pads", [0] * 2 * spatial)) if mode == "NOTSET" else [0] * 2 * spatial
+    t = cx.types.get(node.input[0])
+    sizes = None if t is None or t.shape is None else t.shape[2:]
+    if sizes is None or len(sizes) != spatial or not all(isinstance(d, int) for d in sizes):
+        raise Unsupported(f"output_shape or auto_pad {mode} and the spatial sizes of {node.input[0]!r} are not known")
+    strides = list(a.get("strides", [1] * spatial))
+    dil = list(a.get("dilations", [1] * spatial))
+    extra = list(a.get("output_padding", [0] * spatial))
+    out = list(a["output_shape"])[-spatial:] if "output_shape" in a else [sizes[i] * strides[i] for i in range(spatial)]
+    total = [strides[i] * (sizes[i] - 1) + extra[i] + dil[i] * (kernel[i] - 1) + 1 - out[i] for i in range(spatial)]
+    if min(total) < 0:
+        raise Unsupported(f"output_shape {out} is larger than the kernel can reach")
+    if mode == "SAME_UPPER":
+        return [p // 2 for p in total] + [p - p // 2 for p in total]
+    return [p - p // 2 for p in total] + [p // 2 for p in total]
+
+
 def conv_transpose(node: onnx.NodeProto, cx: Context) -> list[onnx.NodeProto]:
     a = attrs_of(node)
-    if text(a.get("auto_pad", "NOTSET")) not in ("NOTSET", ""):
-        raise Unsupported(f"auto_pad {text(a['auto_pad'])} (explicit pads only)")
-    if "output_shape" in a:
-        raise Unsupported("output_shape is given (explicit pads only)")
     x, w = node.input[0], node.input[1]
     bias = node.input[2] if len(node.input) > 2 else ""
     wshape = cx.static(w)
@@ -46,7 +66,7 @@ def conv_transpose(node: onnx.NodeProto, cx: Context) -> list[onnx.NodeProto]:
     g = int(a.get("group", 1))
     strides = list(a.get("strides", [1] * spatial))
     dil = list(a.get("dilations", [1] * spatial))
-    pads = list(a.get("pads", [0] * 2 * spatial))
+    pads = _pads_for(node, cx, a, kernel)
     extra = list(a.get("output_padding", [0] * spatial))
     front = [dil[i] * (kernel[i] - 1) - pads[i] for i in range(spatial)]
     back = [dil[i] * (kernel[i] - 1) - pads[spatial + i] + extra[i] for i in range(spatial)]
