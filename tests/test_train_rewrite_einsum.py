@@ -26,6 +26,7 @@ CASES = {  # name: (equation, x shape, W shape, W first)
     "parameter_first": ("oi,bi->bo", (3, 4), (5, 4), True),
     "summed_letter_and_outer": ("bij,k->bjk", (2, 3, 4), (5,), False),
     "implicit_output_with_ellipsis": ("...i,ij", (2, 3, 4), (4, 5), False),
+    "capitals_and_ellipsis": ("...A,BA->...B", (2, 3, 4), (5, 4), False),
     "one_operand": ("bij->bji", (2, 3, 4), (3, 4), None),
 }
 

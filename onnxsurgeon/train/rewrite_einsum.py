@@ -25,7 +25,8 @@ ONE = "_"  # a size-1 axis an operand lacks
 
 
 def _letters(equation: str, node: onnx.NodeProto, cx: Context) -> tuple[list[str], str]:
-    """The operands' letters and the output's, with ``...`` spelled out in capitals."""
+    """The operands' letters and the output's, with ``...`` spelled out in letters the
+    equation does not use."""
     equation = equation.replace(" ", "")
     lhs, arrow, out = equation.partition("->")
     terms = lhs.split(",")
@@ -40,7 +41,8 @@ def _letters(equation: str, node: onnx.NodeProto, cx: Context) -> tuple[list[str
             width = rank - (len(term) - 3)
             if ellipsis and width != len(ellipsis):
                 raise Unsupported(f"'...' stands for axes of different counts in {equation!r}")
-            ellipsis = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"[:width]
+            unused = [c for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz" if c not in equation]
+            ellipsis = "".join(unused[:width])
             terms[k] = term.replace("...", ellipsis)
     if not arrow:  # implicit output: the ellipsis, then the letters seen once, in order
         joined = "".join(terms)
