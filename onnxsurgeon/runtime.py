@@ -123,7 +123,9 @@ def nesting(graph: onnx.GraphProto) -> int:
 
 
 def run(sess: Any, feeds: dict[str, np.ndarray], outputs: list[str] | None = None, what: str = "the model",
-        hint: str = "give real inputs with --data x.npz (arrays named after the graph inputs)"):
+        hint: str | None = "give real inputs with --data x.npz (arrays named after the graph inputs)"):
+    """`sess` run on `feeds`; onnxruntime's failure as a :func:`failure`, with `hint` (None: the
+    hint for the user's own data)."""
     try:
         return sess.run(outputs, feeds)
     except Exception as e:  # onnxruntime raises its own exception types

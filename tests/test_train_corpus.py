@@ -163,6 +163,12 @@ def test_a_failure_while_running_is_one_error_for_train_eval_and_run(tmp_path, c
         assert main(args) == 2, args
         err = capsys.readouterr().err
         assert "node 'fixed_reshape' (Reshape)" in err and "Traceback" not in err, (args, err)
+        assert "hint: check the shapes of the data" in err, (args, err)  # the data was given: not "give real inputs"
+    # onnxruntime's own logger writes to the process's stderr, which capsys does not see
+    for args in runs[:1] + runs[2:]:
+        proc = subprocess.run([sys.executable, "-c", "from onnxsurgeon.cli import run; run()", *args], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and proc.stderr.startswith("onnxsurgeon: error: "), (args, proc.stderr)
+        assert "[E:onnxruntime" not in proc.stderr, proc.stderr
 
 
 def test_max_pool_over_symbolic_sizes_trains_instead_of_crashing(tmp_path):

@@ -66,7 +66,7 @@ def evaluate(
     sums = np.zeros(len(objective.metrics))
     for _, idx in data_mod.batches(dataset.examples, batch_size, 0, 0, shuffle=False):
         feeds = dataset.batch(idx)
-        out = runtime.run(session, {k: feeds[k] for k in wanted}, names, what="the model")
+        out = runtime.run(session, {k: feeds[k] for k in wanted}, names, what="the model", hint=None)
         values = dict(zip(names, out))
         sums += [float(values[v]) * len(idx) for _, v in objective.metrics]
     means = sums / max(dataset.examples, 1)
@@ -137,10 +137,10 @@ def run_batches(
 
     def batches() -> Iterator[dict[str, np.ndarray]]:
         if batch_size is None:
-            yield dict(zip(wanted_values, runtime.run(session, dataset.whole(), wanted_values)))
+            yield dict(zip(wanted_values, runtime.run(session, dataset.whole(), wanted_values, hint=None)))
             return
         for _, idx in data_mod.batches(dataset.examples, batch_size, 0, 0, shuffle=False):
-            yield dict(zip(wanted_values, runtime.run(session, dataset.batch(idx), wanted_values)))
+            yield dict(zip(wanted_values, runtime.run(session, dataset.batch(idx), wanted_values, hint=None)))
 
     return out_axes, batches()
 

@@ -49,8 +49,10 @@ _HINT = (
     "pip install onnxruntime-training-cpu==1.19.2 (it provides onnxruntime; "
     "uninstall the plain onnxruntime package first if it is installed)"
 )
-# onnxruntime's C++ log severities: 0 verbose, 1 info, 2 warning, 3 error, 4 fatal.
-QUIET = 3
+# onnxruntime's C++ log severities: 0 verbose, 1 info, 2 warning, 3 error, 4 fatal. Errors
+# reach the user as exceptions, in words (runtime.failure); at 3 onnxruntime would also print
+# its own line for each, in colour, before that message.
+QUIET = 4
 
 
 def _missing(detail: str) -> EnvironmentProblem:
@@ -117,7 +119,7 @@ def _load(name: str) -> ModuleType:
 
 
 def quiet() -> None:
-    """Errors only from onnxruntime's C++ default logger.
+    """Nothing but fatal errors from onnxruntime's C++ default logger.
 
     That logger serves every session created without its own level, the training
     Module/Optimizer, and the graph builders inside generate_artifacts; at its default
@@ -170,7 +172,7 @@ def quiet_graph_builders() -> Iterator[None]:
 
 
 def session_options() -> Any:
-    """SessionOptions for a training Module: errors only, one thread (reproducible sums)."""
+    """SessionOptions for a training Module: no log but fatal errors, one thread (reproducible sums)."""
     _setup()
     import onnxruntime
 
