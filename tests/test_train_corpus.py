@@ -121,9 +121,10 @@ def test_values_computed_from_constants_are_lifted_but_not_identities_of_paramet
 
 def _conv_transpose() -> onnx.ModelProto:
     """A ConvTranspose that the training graph cannot write as a Conv (its output_shape is
-    given: see train/rewrite_conv.py), so onnxruntime meets it."""
+    given and the input's spatial sizes are not known: see train/rewrite_conv.py), so
+    onnxruntime meets it."""
     nodes = [helper.make_node("Mul", ["x", "s"], ["a"]), helper.make_node("ConvTranspose", ["a", "W"], ["y"], name="up", output_shape=[5, 5])]
-    return model_of(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 4, 4])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    return model_of(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, "height", "width"])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
                     {"s": np.ones((2, 1, 1), np.float32), "W": np.ones((2, 2, 2, 2), np.float32)})
 
 
