@@ -6,7 +6,6 @@ the learning rate times the gradient measured by central differences of the orig
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -15,6 +14,7 @@ from onnxsurgeon.errors import InputError
 from onnxsurgeon.train.loop import TrainSettings, train
 from onnxsurgeon.train.optim import OptimizerSettings
 from onnxsurgeon.train.prepare import prepare
+from tests.rewrite_check import assert_trains_as_rewritten
 
 RNG = np.random.default_rng(11)
 LR = 0.01
@@ -46,47 +46,11 @@ def model_of(x_shape, k_shape, attrs, bias):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), inits
 
 
-def with_params(model: onnx.ModelProto, values: dict[str, np.ndarray]) -> onnx.ModelProto:
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    for t in out.graph.initializer:
-        if t.name in values:
-            t.CopyFrom(numpy_helper.from_array(values[t.name].astype(np.float32), t.name))
-    return out
-
-
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_conv_transpose_trains_as_a_conv(case):
     x_shape, k_shape, attrs, bias = CASES[case]
     model, inits = model_of(x_shape, k_shape, attrs, bias)
-    x = RNG.standard_normal(x_shape).astype(np.float32)
-    prepared, prep = prepare(model, set())
-    assert "ConvTranspose" not in {n.op_type for n in prepared.graph.node}
-    want = runtime.run(runtime.session(model), {"x": x})[0]
-    got = runtime.run(runtime.session(prepared), {"x": x})[0]
-    assert got.shape == want.shape
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-
-    t = RNG.standard_normal(want.shape).astype(np.float32)
-    trained, report = train(model, {"x": x, "t": t}, TrainSettings(
-        loss="mse(y, t)", optimizer=OptimizerSettings("sgd", lr=LR), batch_size=len(x), shuffle=False))
-    assert set(report.plan.trainable) == set(inits)
-    assert [n.op_type for n in trained.graph.node] == ["ConvTranspose"]  # the written model keeps its op
-    after = {t.name: numpy_helper.to_array(t) for t in trained.graph.initializer}
-
-    def loss(values):
-        y = runtime.run(runtime.session(with_params(model, values)), {"x": x})[0].astype(np.float64)
-        return float(((y - t) ** 2).reshape(len(x), -1).mean(-1).mean())
-
-    for name, w in inits.items():
-        grad = np.zeros(w.shape)
-        for i in np.ndindex(w.shape):
-            plus, minus = w.astype(np.float64).copy(), w.astype(np.float64).copy()
-            plus[i] += 0.5
-            minus[i] -= 0.5
-            grad[i] = (loss({**inits, name: plus}) - loss({**inits, name: minus})) / 1.0
-        step = (w.astype(np.float64) - after[name]) / LR
-        np.testing.assert_allclose(step, grad, rtol=1e-3, atol=1e-4)
+    assert_trains_as_rewritten(model, "ConvTranspose", RNG.standard_normal(x_shape).astype(np.float32), inits)
 
 
 def test_conv_transpose_with_output_shape_on_unknown_sizes_is_refused_with_the_reason():
