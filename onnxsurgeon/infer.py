@@ -213,6 +213,8 @@ class TypePass:
                 # a second writer (of a parameter, a graph input or a value): inference
                 # merges the types, this pass does not; "" is an omitted optional output
                 ids[o] = outs[0] if o not in ids else UNKNOWN if o else _EMPTY
+                if o in declared:
+                    ids[o] = UNKNOWN
             else:
                 for o, k in zip(outputs, outs):
                     if o in ids:
@@ -220,9 +222,9 @@ class TypePass:
                             continue
                         k = UNKNOWN
                     ids[o] = k
-            if declared and not declared.isdisjoint(outputs):
-                for o in declared.intersection(outputs):
-                    ids[o] = UNKNOWN
+                if declared and not declared.isdisjoint(outputs):
+                    for o in declared.intersection(outputs):
+                        ids[o] = UNKNOWN
         self.done = max(self.done, upto)
 
     def type_of(self, name: str) -> onnx.TypeProto | None | int:

@@ -222,7 +222,9 @@ def _type_texts(
             out[n] = text
         return out
     key_text = {k: dtypes.show(t) for k, t in found.types.items() if t is not None}
-    inferred = {n: key_text[k] for n, k in ids.items() if k in key_text}
+    # the names shown: of every node, or those asked for (the pass has seen many more)
+    shown = ids.items() if wanted is None else ((n, ids.get(n)) for n in wanted)
+    inferred = {n: key_text[k] for n, k in shown if k in key_text}
     inferred.update(texts)
     return inferred
 
