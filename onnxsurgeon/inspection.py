@@ -16,7 +16,7 @@ import onnx
 from onnxsurgeon import dtypes, infer, meta, serde
 from onnxsurgeon.errors import InputError
 from onnxsurgeon.graph import GraphIndex, subgraphs
-from onnxsurgeon.names import alias
+from onnxsurgeon.names import alias, alias_lines
 
 
 def _types(model: onnx.ModelProto, index: GraphIndex | None = None, wanted: Iterable[str] | None = None) -> dict[str, onnx.TypeProto]:
@@ -150,20 +150,12 @@ def nodes(model: onnx.ModelProto, /, grep: str | None = None, op: str | None = N
 
 
 def _aliases(names: list[str]) -> tuple[str, ...]:
-    """The alias of each name, "" where it is the name itself; all at once (names.alias of
-    each costs a regular expression call per name, a second on a 200k-node graph)."""
+    """The alias of each name, "" where it is the name itself."""
     text = "\n".join(names)
     if text.count("\n") != len(names) - 1:  # a name holds a line break
         return tuple(a if (a := alias(n)) != n else "" for n in names)
-    from onnxsurgeon.names import _NOT_IDENTIFIER
-
-    table = {ord(c): "_" for c in set(text) if c != "\n" and _NOT_IDENTIFIER.match(c)}
-    out = text.translate(table).split("\n") if names else []
-    # as names.alias: a leading character that cannot start an identifier gets a "_" in front
-    return tuple(
-        ("_" + a if a and not a[:1].isidentifier() else a) if a != n else ("_" + a if a and not a[:1].isidentifier() else "")
-        for a, n in zip(out, names)
-    )
+    out = alias_lines(text).split("\n") if names else []
+    return tuple(a if a != n else "" for a, n in zip(out, names))
 
 
 def _type_texts(
@@ -239,8 +231,6 @@ def _writers_after(outputs_of: list[tuple[str, ...]], start: int, names: set[str
     return last
 
 
-_LEADING_DIGIT = re.compile(r"\n(?=[0-9])")  # (not "^" in MULTILINE mode: ten times slower)
-_ASCII_NOT_IDENTIFIER = {c: "_" for c in range(128) if c != ord("\n") and re.match(r"\W", chr(c))}
 # Patterns that, in lower case, find in a lower-case ASCII text what they find, ignoring
 # case, in the text: ASCII without [classes] (``[@-_]`` ignoring case holds a-z) and without
 # escapes of letters or digits (\S, \W: classes; \1: a reference); so every letter in
@@ -267,8 +257,6 @@ def _grep_positions(
     names a match touches are searched alone. A name the pattern finds alone is touched by
     some match in the text (the one found where its own starts, or an earlier one running
     over it); no match runs over a line break: patterns that could are searched name by name."""
-    from onnxsurgeon.names import _NOT_IDENTIFIER, alias
-
     decided: dict[str, bool] = {}
 
     def exact(n: str) -> bool:
@@ -290,16 +278,8 @@ def _grep_positions(
     else:
         # the alias of every name at once: each character \W becomes _ (one for one), and a
         # line that starts with a character no identifier starts with gets a _ in front
-        ascii_only = text.isascii()
-        if ascii_only:  # only a digit cannot start an identifier
-            aliases = _LEADING_DIGIT.sub("\n_", text.translate(_ASCII_NOT_IDENTIFIER))
-            if aliases[:1].isdigit():
-                aliases = "_" + aliases
-        else:
-            table = {ord(c): "_" for c in set(text) if c != "\n" and _NOT_IDENTIFIER.match(c)}
-            aliases = "\n".join([a if not a or a[:1].isidentifier() else "_" + a for a in text.translate(table).split("\n")])
-        texts = [text, aliases]
-        if ascii_only and _CASE_FREE.match(pattern.pattern):
+        texts = [text, alias_lines(text)]
+        if text.isascii() and _CASE_FREE.match(pattern.pattern):
             # the same matches, at the same places, as the case-insensitive search, in a
             # tenth of its time
             texts = [t.lower() for t in texts]

@@ -23,6 +23,21 @@ _NOT_IDENTIFIER = re.compile(r"\W")  # \w: the characters that may continue a Py
 _NODE_INDEX = re.compile(r"^(.*):(\d+)$")
 
 
+_ASCII_NOT_IDENTIFIER = {c: "_" for c in range(128) if c != ord("\n") and _NOT_IDENTIFIER.match(chr(c))}
+_LEADING_DIGIT = re.compile(r"\n(?=[0-9])")  # (not "^" in MULTILINE mode: ten times slower)
+
+
+def alias_lines(text: str) -> str:
+    """:func:`alias` of every line of `text` (names joined by line breaks), all at once: one
+    translation of the text instead of a regular expression call per name (a second on a
+    200k-node graph)."""
+    if text.isascii():  # each character \W becomes _, and only a digit cannot start an identifier
+        out = _LEADING_DIGIT.sub("\n_", text.translate(_ASCII_NOT_IDENTIFIER))
+        return "_" + out if out[:1].isdigit() else out
+    table = {ord(c): "_" for c in set(text) if c != "\n" and _NOT_IDENTIFIER.match(c)}
+    return "\n".join([a if not a or a[:1].isidentifier() else "_" + a for a in text.translate(table).split("\n")])
+
+
 def alias(name: str) -> str:
     """The alias of a name, an identifier: every character that cannot stand in one written
     ``_`` (CNTK's ``.``, ``[`` and ``]`` among them), and a ``_`` in front of a leading digit.

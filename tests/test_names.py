@@ -145,3 +145,18 @@ def test_losses_freeze_and_transfer_take_extended_aliases():
     assert sorted((x.target, x.source, x.how) for x in report.matched) == [
         ("/enc/layer1/W", "layer1/W", "map"), ("0:bias", "0.bias", "alias"),
     ]
+
+
+def test_alias_lines_is_alias_of_each_line():
+    """The fast alias of many names at once (nodes, --grep) agrees with alias, ASCII or not."""
+    import random
+
+    from onnxsurgeon.names import alias_lines
+
+    rng = random.Random(0)
+    alphabet = "ab.Z_0[]9 -/:@`é中١²"
+    for _ in range(3000):
+        names = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 6))) for _ in range(rng.randint(1, 5))]
+        if rng.random() < 0.5:
+            names = [n.encode("ascii", "ignore").decode() for n in names]
+        assert alias_lines("\n".join(names)).split("\n") == [alias(n) for n in names], names
