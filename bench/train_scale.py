@@ -130,10 +130,16 @@ def _load() -> str:
     return "load average %.2f %.2f %.2f" % os.getloadavg()
 
 
-def scale(args) -> None:
-    mpiexec = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shutil.which("mpiexec")
-    if mpiexec is None:
+def _mpiexec() -> str:
+    """The mpiexec beside this python (the [mpi] extra's), else the one on the PATH."""
+    found = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shutil.which("mpiexec")
+    if found is None:
         raise SystemExit("no mpiexec: pip install -e '.[mpi]'")
+    return found
+
+
+def scale(args) -> None:
+    mpiexec = _mpiexec()
     code = CHILD.format(root=str(ROOT), steps=args.steps, batch=args.batch_size, instrument="")
     half = CHILD.format(root=str(ROOT), steps=args.steps, batch=args.batch_size // 2, instrument="")
     runs: dict[str, list[dict]] = {"1": [], "2": [], "alone": []}
@@ -179,7 +185,7 @@ def scale(args) -> None:
 def phases(args) -> None:
     """Where the time of a step goes: 1 rank on the global batch, 1 rank on half of it,
     and rank 0 of 2 ranks, each phase timed inside the training loop."""
-    mpiexec = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shutil.which("mpiexec")
+    mpiexec = _mpiexec()
     print(f"ms per step, {args.steps} steps, 1 thread per rank, fastest of {args.repeat}; {_load()}")
     print("  " + "".join(f"{h:>13s}" for h in ("", "step", "onnxruntime", "sgd", "scaling", "waiting", "sum", "rest")))
     rows = (("1 rank", 1, args.batch_size), ("1 rank, half", 1, args.batch_size // 2), ("2 ranks", 2, args.batch_size))
