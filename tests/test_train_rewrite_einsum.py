@@ -46,6 +46,9 @@ def test_einsum_trains_as_matmul(case):
     ("bij,jk,kl->bil", "3 operands"),
     ("bii,ij->bj", "a letter repeats within 'bii'"),
     ("bij,ij->b", "'ij' are all contracted"),
+    ("bij,jk->bqk", "the output's 'q' is in no operand"),
+    ("b1j,jk->bk", "'1' in 'b1j,jk->bk' is not a letter"),
+    ("bij,jk->bk->b", "'->' in 'bij,jk->bk->b' is not a letter"),
 ])
 def test_einsum_that_cannot_be_rewritten_is_refused_with_the_reason(equation, why):
     inputs = ["x", "W", "W"] if equation.count(",") == 2 else ["x", "W"]

@@ -11,8 +11,9 @@ its last, last free of A, contracted] @ [batch, ..., contracted, last free of B]
 size-1 axes where an operand lacks a letter (MatMul broadcasts over them), and the result
 is squeezed and transposed into the output's order. Every op used has a gradient with a
 CPU kernel. Refused with the reason: more than two operands, a letter repeated within one
-operand (a diagonal), more than one contracted letter, and ``...`` where the rank is not
-known.
+operand (a diagonal), more than one contracted letter, ``...`` where the rank is not
+known, and equations that are not valid ONNX (a character other than a letter, an output
+letter no operand has), which onnxruntime's own Einsum refuses as well.
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ def _letters(equation: str, node: onnx.NodeProto, cx: Context) -> tuple[list[str
     equation = equation.replace(" ", "")
     lhs, arrow, out = equation.partition("->")
     terms = lhs.split(",")
+    for term in (*terms, out):  # the model is not valid ONNX; onnxruntime's Einsum refuses it too
+        bad = "".join(dict.fromkeys(c for c in term.replace("...", "", 1) if not (c.isascii() and c.isalpha())))
+        if bad:
+            raise Unsupported(f"{bad!r} in {equation!r} is not a letter (a-z, A-Z) or one '...' per term")
     if len(terms) != len(node.input):
         raise Unsupported(f"equation {equation!r} names {len(terms)} operands for {len(node.input)} inputs")
     ellipsis = ""
@@ -48,6 +53,9 @@ def _letters(equation: str, node: onnx.NodeProto, cx: Context) -> tuple[list[str
         joined = "".join(terms)
         out = ellipsis + "".join(sorted(c for c in set(joined) if joined.count(c) == 1 and c not in ellipsis))
     out = out.replace("...", ellipsis)
+    missing = "".join(c for c in out if c not in "".join(terms))
+    if missing:
+        raise Unsupported(f"the output's {missing!r} is in no operand of {equation!r}")
     for term in (*terms, out):
         if len(set(term)) != len(term):
             raise Unsupported(f"a letter repeats within {term!r} (a diagonal) in {equation!r}")
