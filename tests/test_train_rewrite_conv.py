@@ -29,6 +29,15 @@ CASES = {  # name: (x shape, kernel shape, attributes, bias)
     "1d_same_upper": ((2, 3, 5), (3, 2, 4), {"strides": [2], "auto_pad": "SAME_UPPER"}, True),
     "1d_same_lower": ((2, 3, 5), (3, 2, 4), {"strides": [3], "auto_pad": "SAME_LOWER"}, True),
     "2d_valid": ((2, 2, 3, 3), (2, 2, 3, 2), {"strides": [2, 2], "auto_pad": "VALID"}, False),
+    # onnxruntime's own forms where ONNX's formulas give negative pads:
+    # SAME with a kernel shorter than the stride: no padding, out = stride (in - 1) + kernel
+    "1d_same_upper_kernel_below_stride": ((2, 2, 5), (2, 2, 1), {"strides": [2], "auto_pad": "SAME_UPPER"}, True),
+    # an output_shape past the kernel's reach: the extra places hold the bias alone, at the end
+    "1d_output_shape_past_the_kernel": ((2, 2, 5), (2, 2, 3), {"strides": [2], "output_shape": [13]}, True),
+    "2d_output_shape_past_the_kernel_on_one_axis": ((2, 2, 3, 3), (2, 2, 3, 3), {"strides": [2, 2], "output_shape": [6, 8]}, True),
+    # pads beyond the kernel's reach crop the output
+    "1d_pads_past_the_kernel": ((2, 2, 5), (2, 2, 2), {"strides": [2], "pads": [2, 1]}, True),
+    "3d_pads_past_the_kernel_groups": ((2, 4, 2, 3, 2), (4, 1, 2, 1, 2), {"group": 2, "strides": [2, 1, 2], "pads": [0, 2, 1, 2, 0, 0]}, True),
 }
 
 
@@ -60,6 +69,16 @@ def test_conv_transpose_with_output_shape_on_unknown_sizes_is_refused_with_the_r
     model.graph.input[0].type.tensor_type.shape.dim.add().dim_param = "W"
     _, prep = prepare(model, set())
     assert dict(prep.not_rewritten).get("up", "").startswith("output_shape or auto_pad NOTSET and the spatial sizes")
+
+
+@pytest.mark.parametrize("mode", ["SAME_UPPER", "SAME_LOWER"])
+def test_conv_transpose_with_auto_pad_same_trains_on_unknown_sizes(mode):
+    """SAME's total padding, stride (in - 1) + output_padding + d (k - 1) + 1 - in * stride,
+    does not depend on the input's size: no need to know it."""
+    model, inits = model_of((2, 2, 3, 4), (2, 3, 3, 4), {"strides": [2, 1], "auto_pad": mode, "dilations": [1, 2]}, True)
+    for k, d in enumerate(model.graph.input[0].type.tensor_type.shape.dim[2:]):
+        d.dim_param = f"S{k}"
+    assert_trains_as_rewritten(model, "ConvTranspose", RNG.standard_normal((2, 2, 3, 4)).astype(np.float32), inits)
 
 
 @pytest.mark.parametrize("sizes", ["symbolic", "known"])

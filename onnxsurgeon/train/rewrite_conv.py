@@ -5,9 +5,9 @@ built; seen on paddle2onnx's text detector and PyTorch U-Nets).
 ConvTranspose(x, W) with strides s, pads (b, e), dilations d, output_padding o and groups g
 is the Conv, stride 1, of x with s - 1 zeros inserted between its elements along each
 spatial axis, by W with input and output channels swapped (per group) and its spatial
-axes reversed, padded by d (k - 1) - b in front and d (k - 1) - e + o behind. Every op
-used (Unsqueeze, Pad, Reshape, Slice with step 1, Transpose, Gather, Conv) has a gradient
-with a CPU kernel.
+axes reversed, padded by d (k - 1) - b in front and d (k - 1) - e + o behind (cropped
+where that is negative). Every op used (Unsqueeze, Pad, Reshape, Slice with step 1,
+Transpose, Gather, Conv) has a gradient with a CPU kernel.
 """
 
 from __future__ import annotations
@@ -31,27 +31,32 @@ def _spread(b: Builder, x: str, rank: int, axis: int, s: int) -> str:
 
 
 def _pads_for(node: onnx.NodeProto, cx: Context, a: dict, kernel: list[int]) -> list[int]:
-    """The explicit pads of a ConvTranspose that gives `output_shape` or sets `auto_pad`
-    (the ONNX formulas: total padding = stride (in - 1) + output_padding + d (k - 1) + 1 - out,
-    out = in * stride for SAME without output_shape; SAME_UPPER puts the odd one at the end)."""
+    """The explicit pads of a ConvTranspose that gives `output_shape` or sets `auto_pad`, as
+    onnxruntime computes them (ONNX's formulas: total padding = stride (in - 1) +
+    output_padding + d (k - 1) + 1 - out, out = in * stride for SAME without output_shape,
+    so SAME's total does not depend on `in`; SAME_UPPER puts the odd one at the end). Where
+    the total is negative onnxruntime pads nothing: SAME then gives stride (in - 1) +
+    output_padding + d (k - 1) + 1, and an `output_shape` past that holds the bias alone in
+    its last places, which a negative end pad here stands for."""
     mode = text(a.get("auto_pad", "NOTSET")) or "NOTSET"
     spatial = len(kernel)
     if "output_shape" not in a and mode in ("NOTSET", "VALID"):
         return list(a.get("pads", [0] * 2 * spatial)) if mode == "NOTSET" else [0] * 2 * spatial
-    t = cx.types.get(node.input[0])
-    sizes = None if t is None or t.shape is None else t.shape[2:]
-    if sizes is None or len(sizes) != spatial or not all(isinstance(d, int) for d in sizes):
-        raise Unsupported(f"output_shape or auto_pad {mode} and the spatial sizes of {node.input[0]!r} are not known")
     strides = list(a.get("strides", [1] * spatial))
     dil = list(a.get("dilations", [1] * spatial))
     extra = list(a.get("output_padding", [0] * spatial))
-    out = list(a["output_shape"])[-spatial:] if "output_shape" in a else [sizes[i] * strides[i] for i in range(spatial)]
-    total = [strides[i] * (sizes[i] - 1) + extra[i] + dil[i] * (kernel[i] - 1) + 1 - out[i] for i in range(spatial)]
-    if min(total) < 0:
-        raise Unsupported(f"output_shape {out} is larger than the kernel can reach")
-    if mode == "SAME_UPPER":
-        return [p // 2 for p in total] + [p - p // 2 for p in total]
-    return [p - p // 2 for p in total] + [p // 2 for p in total]
+    if "output_shape" not in a:
+        total = [max(0, extra[i] + dil[i] * (kernel[i] - 1) + 1 - strides[i]) for i in range(spatial)]
+    else:
+        t = cx.types.get(node.input[0])
+        sizes = None if t is None or t.shape is None else t.shape[2:]
+        if sizes is None or len(sizes) != spatial or not all(isinstance(d, int) for d in sizes):
+            raise Unsupported(
+                f"output_shape or auto_pad {mode} and the spatial sizes of {node.input[0]!r} are not known")
+        out = list(a["output_shape"])[-spatial:]
+        total = [strides[i] * (sizes[i] - 1) + extra[i] + dil[i] * (kernel[i] - 1) + 1 - out[i] for i in range(spatial)]
+    head = [p // 2 if mode == "SAME_UPPER" else p - p // 2 for p in total]
+    return [max(0, h) for h in head] + [p - max(0, h) for p, h in zip(total, head)]
 
 
 def conv_transpose(node: onnx.NodeProto, cx: Context) -> list[onnx.NodeProto]:
@@ -70,13 +75,16 @@ def conv_transpose(node: onnx.NodeProto, cx: Context) -> list[onnx.NodeProto]:
     extra = list(a.get("output_padding", [0] * spatial))
     front = [dil[i] * (kernel[i] - 1) - pads[i] for i in range(spatial)]
     back = [dil[i] * (kernel[i] - 1) - pads[spatial + i] + extra[i] for i in range(spatial)]
-    if min(front + back) < 0:
-        raise Unsupported("its pads exceed the kernel's reach")
     b = Builder(node, cx)
     rank = spatial + 2
     for i, s in enumerate(strides):
         if s > 1:
             x = _spread(b, x, rank, 2 + i, int(s))
+    for i in range(spatial):  # pads past the kernel's reach crop: a negative pad of the Conv
+        if front[i] < 0 or back[i] < 0:
+            end = back[i] if back[i] < 0 else 2**63 - 1
+            x = b.op("Slice", x, b.ints([max(0, -front[i])]), b.ints([end]), b.ints([2 + i]))
+            front[i], back[i] = max(0, front[i]), max(0, back[i])
     # W [Cin, Cout/g, *k] -> [Cout, Cin/g, *k] (per group), spatial axes reversed
     grouped = b.op("Reshape", w, b.ints([g, cin // g, cout_g, *kernel]))
     swapped = b.op("Transpose", grouped, perm=[0, 2, 1, *range(3, rank + 1)])
