@@ -397,7 +397,12 @@ def _check_unique(in_specs, in_res, out_specs, out_res) -> None:
         if r.value in by_value:
             problems.append(f"{s.text!r} and {by_value[r.value]!r} name the same value {r.value!r}")
         by_value[r.value] = s.text
-    in_names = {s.new_name or r.value: r.value for s, r in zip(in_specs, in_res)}
+    in_names: dict[str, str] = {}
+    for s, r in zip(in_specs, in_res):
+        name = s.new_name or r.value
+        if in_names.get(name, r.value) != r.value:
+            problems.append(f"the name {name!r} is given to more than one input or output")
+        in_names[name] = r.value
     out_names: set[str] = set()
     for s, r in zip(out_specs, out_res):
         name = s.new_name or r.value

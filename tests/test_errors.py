@@ -254,6 +254,15 @@ def test_record_name_used_twice(tmp_path, capsys):
     assert_not_written(out)
 
 
+def test_record_name_given_to_two_inputs(tmp_path, capsys):
+    """Two inputs of one name: a user error, not a piece with two graph inputs 'x' that
+    the checker refuses (an internal error, exit 4)."""
+    out = tmp_path / "piece.onnx"
+    code, _, err = run(extract_argv(TWO_IO, out, "--in", "x=a", "--in", "x=b", "--out", "s"), capsys)
+    assert_error(code, err, BAD_INPUT, "'x' is given to more than one", hint=("name=value",))
+    assert_not_written(out)
+
+
 def test_record_name_that_is_already_a_value(tmp_path, capsys):
     out = tmp_path / "piece.onnx"
     code, _, err = run(extract_argv(TWO_IO, out, "--in", "a", "--in", "b", "--out", "b1=s"), capsys)
