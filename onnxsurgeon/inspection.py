@@ -236,8 +236,11 @@ def _writers_after(outputs_of: list[tuple[str, ...]], start: int, names: set[str
 # escapes of letters or digits (\S, \W: classes; \1: a reference); so every letter in
 # them is a literal. \. and other escaped punctuation are literals too.
 _CASE_FREE = re.compile(r"^(?:[^\[\\\x80-\U0010ffff]|\\[^A-Za-z0-9\x80-\U0010ffff])*$")
-# Characters a pattern may use to look past one name when all are searched as one text.
-_ACROSS_NAMES = ("\\A", "\\Z", "\\z", "(?<", "(?", "\\n", "\\s", "\\S", "\\W", "\\D", "[^", "\\B", "\\b")
+# Characters a pattern may use to look past one name when all are searched as one text;
+# and possessive quantifiers: one that ran over a line break (``[a\x0a]*+``) does not give
+# it back, so it can miss a name the pattern finds alone.
+_ACROSS_NAMES = ("\\A", "\\Z", "\\z", "(?<", "(?", "\\n", "\\s", "\\S", "\\W", "\\D", "[^", "\\B", "\\b",
+                 "*+", "++", "?+", "}+")
 
 
 def _grep(pattern: re.Pattern[str], nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:

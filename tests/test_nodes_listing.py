@@ -14,7 +14,8 @@ from onnxsurgeon import inspection
 from onnxsurgeon.names import alias
 
 PATTERNS = ["L4_y", "A_b", "X$", "^B", "a\\.B", "[@-_]", "A.{2}b", "x|A1", "(Ab)+", "(a)\\1", "[a-z]_", "^_0", "x$", "a.b", "^1", "0_x", "layers_0__W", "^_", "_$", "a*", "", "b?a", "^x_1$",
-            "[0-9]_", "ab|ba", "\\.", "a.{2}b", "::", "^", "^_.$", "_x$", "é_", "x_[0-9]+$", "\\s", "(?i)A", "\\Ab", "b\\Z"]
+            "[0-9]_", "ab|ba", "\\.", "a.{2}b", "::", "^", "^_.$", "_x$", "é_", "x_[0-9]+$", "\\s", "(?i)A", "\\Ab", "b\\Z",
+            "[a\\x0a]*+$", "(a|\\012)++$", "[a\\n]?+$", "(b|\\u000a){1,3}+$"]
 
 
 def _one_by_one(pattern: re.Pattern[str], nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
