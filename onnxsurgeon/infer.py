@@ -108,9 +108,12 @@ class TypePass:
         recorded type whole-graph inference merges with the inferred one; this pass does
         not, so they and what reads them are UNKNOWN. ``names``: the inputs and the outputs
         of each node, where the caller has them already (reading them from the nodes makes
-        a string of every name: 40% of the pass), or None."""
+        a string of every name: 40% of the pass), or None. A graph input in ``inputs`` that
+        names a parameter is typed as whole-graph inference types it: as the input declares
+        (its data comes from the initializer); UNKNOWN where that is not the parameter's own type."""
         self.model = model
         self.nodes, self.initializers, self.inputs = nodes, initializers, inputs
+        self.listed = {n: vi for n, vi in inputs.items() if n in initializers} if initializers else {}
         self.names = names
         self.declared = set(declared)
         self.ids: dict[str, int] = {}  # value name -> key id
@@ -143,6 +146,10 @@ class TypePass:
         t = self.initializers.get(name)
         if t is not None:
             dims = tuple(t.dims)
+            vi = self.listed.get(name)
+            if vi is not None and vi.type.SerializeToString() != onnx.helper.make_tensor_type_proto(t.data_type, dims).SerializeToString():
+                self.ids[name] = UNKNOWN  # inference takes the declared type (and merges what writes it)
+                return UNKNOWN
             if big_initializer(t, dims):  # only its type, like any other value's
                 tk = (t.data_type, dims)
                 k = self.tensor_types.get(tk)
@@ -179,6 +186,8 @@ class TypePass:
                 source(name)
             else:
                 ids[name] = k
+        for name in self.listed:  # also graph inputs: typed as they are declared
+            source(name)
 
     # --- the pass --------------------------------------------------------------------------
     def run(self, upto: int) -> None:

@@ -34,7 +34,9 @@ def _types(model: onnx.ModelProto, index: GraphIndex | None = None, wanted: Iter
     # node by node, once per distinct node (infer.py), up to the last node that writes a
     # value asked for; recorded types are merged with the inferred ones by whole-graph
     # inference, which that pass does not do
-    found = infer.TypePass(model, index.nodes, index.initializers, index.inputs, declared=index.value_info)
+    # every graph input: those that name a parameter are typed as declared (see TypePass)
+    inputs = {v.name: v for v in index.graph.input}
+    found = infer.TypePass(model, index.nodes, index.initializers, inputs, declared=index.value_info)
     found.run(1 + max(index.producer.get(o, len(index.nodes) - 1) for o in missing))
     inferred = {o: found.type_of(o) for o in missing}
     if not any(t is infer.UNKNOWN for t in inferred.values()):
@@ -196,7 +198,8 @@ def _type_texts(
     # node by node, once per distinct node (infer.py), up to the last node that writes a
     # value asked for; recorded types are merged with the inferred ones by whole-graph
     # inference, which that pass does not do
-    found = infer.TypePass(model, index.nodes, index.initializers, index.inputs, declared=index.value_info, names=io)
+    inputs = {v.name: v for v in index.graph.input}  # with those that name a parameter (see TypePass)
+    found = infer.TypePass(model, index.nodes, index.initializers, inputs, declared=index.value_info, names=io)
     found.run(upto)
     ids = found.ids
     if wanted is None:

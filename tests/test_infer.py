@@ -8,11 +8,12 @@ import random
 import sys
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 
 import onnxsurgeon as osg
-from onnxsurgeon import cut, infer, inspection
+from onnxsurgeon import cut, dtypes, infer, inspection
 from onnxsurgeon.graph import GraphIndex
 from tests import graphgen
 from tests.corpus import corpus_models
@@ -93,6 +94,30 @@ def test_pass_types_most_values_of_real_exports():
         if model_id in ids:
             typed, total = _compare_cut_typing(_untyped(osg.load(ids[model_id])))
             assert typed == total, model_id
+
+
+@pytest.mark.parametrize("ir_version", [3, 8])
+@pytest.mark.parametrize("declared", [["M"], [None], None, [4]])
+def test_a_parameter_listed_as_a_graph_input_is_typed_as_declared(ir_version, declared):
+    """A parameter that is also a graph input (IR 3 exporters; an overridable default from
+    IR 4 on): whole-graph inference types it as the input declares it (its data still comes
+    from the initializer), so `nodes` shows y = x + b as float32[2,M], not float32[2,4]."""
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Add", ["x", "b"], ["y"]), onnx.helper.make_node("Relu", ["y"], ["z"])],
+        "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 1]),
+         onnx.helper.make_tensor_value_info("b", onnx.TensorProto.FLOAT, declared)],
+        [onnx.helper.make_tensor_value_info("z", onnx.TensorProto.FLOAT, None)],
+        [onnx.numpy_helper.from_array(np.ones(4, np.float32), "b")],
+    )
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 13)], ir_version=ir_version)
+    _compare_nodes_typing(model)
+    whole = {v.name: v.type for v in onnx.shape_inference.infer_shapes(model, data_prop=True).graph.value_info}
+    shown = {line.outputs[0]: line.output_types[0] for line in osg.nodes(model).nodes}
+    assert shown["y"] == dtypes.show(whole["y"])
+    # a cut still types a new input at y from what computes it, the parameter's own shape
+    _, report = osg.extract(model, inputs=["y"], outputs=["z"])
+    assert report.inputs[0].type == "float32[2,4]"
 
 
 def test_made_up_dim_names_are_left_to_whole_graph_inference():
