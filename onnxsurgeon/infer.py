@@ -204,10 +204,13 @@ class TypePass:
         for n, inputs, outputs in zip(nodes, all_inputs, all_outputs):
             attrs = n.attribute
             # the number of outputs is part of the signature: it decides inference (Split)
+            domain = n.domain
             if attrs:
-                sig = (n.domain, n.op_type, len(outputs), b"".join([a.SerializeToString() for a in attrs]))
+                sig = (domain, n.op_type, len(outputs), b"".join([a.SerializeToString() for a in attrs]))
             else:
-                sig = (n.domain, n.op_type, len(outputs))
+                sig = (domain, n.op_type, len(outputs))
+            if domain and n.overload:  # an overload of a local function (IR 10) is another function
+                sig += (n.overload,)
             try:
                 key = (sig, *map(get, inputs))
             except KeyError:

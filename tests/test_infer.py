@@ -120,6 +120,33 @@ def test_a_parameter_listed_as_a_graph_input_is_typed_as_declared(ir_version, de
     assert report.inputs[0].type == "float32[2,4]"
 
 
+def test_overloads_of_a_local_function_are_other_functions():
+    """IR 10 overloads: loc.F:a passes x on, loc.F:b casts it to int64. Calls that differ only
+    by overload are not one node for the pass (q was typed float32 like p, and a cut at q
+    built a piece the checker refuses)."""
+    helper, TP = onnx.helper, onnx.TensorProto
+    imports = [helper.make_opsetid("", 18), helper.make_opsetid("loc", 1)]
+    f_a = helper.make_function("loc", "F", ["x"], ["y"], [helper.make_node("Identity", ["x"], ["y"])], imports)
+    f_b = helper.make_function("loc", "F", ["x"], ["y"], [helper.make_node("Cast", ["x"], ["y"], to=TP.INT64)], imports)
+    f_a.overload, f_b.overload = "a", "b"
+    p = helper.make_node("F", ["x"], ["p"], domain="loc", overload="a")
+    q = helper.make_node("F", ["x"], ["q"], domain="loc", overload="b")
+    graph = helper.make_graph(
+        [p, q, helper.make_node("Add", ["q", "q"], ["r"])], "g",
+        [helper.make_tensor_value_info("x", TP.FLOAT, ["N"])],
+        [helper.make_tensor_value_info("p", TP.FLOAT, ["N"]), helper.make_tensor_value_info("r", TP.INT64, ["N"])],
+    )
+    model = helper.make_model(graph, opset_imports=imports, ir_version=10)
+    model.functions.extend([f_a, f_b])
+    onnx.checker.check_model(model, full_check=True)
+    typed, _ = _compare_cut_typing(model)
+    assert typed == 3
+    _compare_nodes_typing(model)
+    assert [line.output_types for line in osg.nodes(_untyped(model)).nodes][:2] == [("float32[N]",), ("int64[N]",)]
+    _, report = osg.extract(model, inputs=["q"], outputs=["r"])
+    assert report.inputs[0].type == "int64[N]"
+
+
 def test_made_up_dim_names_are_left_to_whole_graph_inference():
     """onnx numbers the dims it makes up (unk__0, unk__1, ...) over the whole graph, so a
     node inferred alone would get other names: such values are left UNKNOWN."""
