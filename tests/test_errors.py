@@ -714,12 +714,12 @@ def test_train_bad_settings(ae_data, tmp_path, capsys, args, words):
 
 def test_train_op_without_gradient(tmp_path, capsys):
     w = np.ones((2, 2), np.float32)
-    model = tiny_model([helper.make_node("MatMul", ["x", "W1"], ["h"]), helper.make_node("Round", ["h"], ["y"], name="act")], {"W1": w})
-    path = save(model, tmp_path / "round.onnx")
+    model = tiny_model([helper.make_node("MatMul", ["x", "W1"], ["h"]), helper.make_node("Shrink", ["h"], ["y"], name="act")], {"W1": w})
+    path = save(model, tmp_path / "shrink.onnx")
     np.savez(tmp_path / "d.npz", x=np.ones((4, 2), np.float32), t=np.ones((4, 2), np.float32))
     out = tmp_path / "t.onnx"
     code, _, err = run(["train", path, "--data", tmp_path / "d.npz", "--loss", "mse(y, t)", "-o", out], capsys)
-    assert_error(code, err, BAD_INPUT, "no gradient for 1 node", "node 'act' (Round), after 'W1'", hint=("--freeze",))
+    assert_error(code, err, BAD_INPUT, "no gradient for 1 node", "node 'act' (Shrink), after 'W1'", hint=("--freeze",))
     assert_not_written(out)
 
 

@@ -259,12 +259,12 @@ def chain(op: str, **attrs) -> onnx.ModelProto:
 
 def test_op_without_gradient_is_named_with_a_fix(tmp_path):
     with pytest.raises(Exception, match="gradient builder has not been registered"):  # the stack's behaviour
-        raw_generate(chain("Round"), ["W1"], tmp_path)
+        raw_generate(chain("Shrink"), ["W1"], tmp_path)
     with pytest.raises(InputError) as e:
-        train(chain("Round"), {"x": X4, "t": T4}, TrainSettings(loss="mse(y, t)"))
-    assert "no gradient for 1 node between trained parameters and the loss:\n  - node 'act' (Round), after 'W1'" in str(e.value)
+        train(chain("Shrink"), {"x": X4, "t": T4}, TrainSettings(loss="mse(y, t)"))
+    assert "no gradient for 1 node between trained parameters and the loss:\n  - node 'act' (Shrink), after 'W1'" in str(e.value)
     assert "--freeze" in str(e.value) and "'W1'" in e.value.hint
-    trained, report = train(chain("Round"), {"x": X4, "t": T4}, TrainSettings(loss="mse(y, t)", freeze=("W1",)))
+    trained, report = train(chain("Shrink"), {"x": X4, "t": T4}, TrainSettings(loss="mse(y, t)", freeze=("W1",)))
     assert report.plan.trainable == ("W2",)
 
 

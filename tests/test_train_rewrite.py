@@ -117,6 +117,7 @@ FACTS = {  # op: (node, x shape, y shape, initializers, opset)
     "DepthToSpace": (helper.make_node("DepthToSpace", ["h"], ["y"], blocksize=2), [3, 8, 2, 2], ["N", 2, 4, 4], {}, 15),
     "SpaceToDepth": (helper.make_node("SpaceToDepth", ["h"], ["y"], blocksize=2), [3, 2, 4, 4], ["N", 8, 2, 2], {}, 15),
     "CumSum": (helper.make_node("CumSum", ["h", "ax"], ["y"]), [3, 5], ["N", 5], {"ax": np.array(1, np.int64)}, 15),
+    **{op: (helper.make_node(op, ["h"], ["y"]), [3, 5], ["N", 5], {}, 17) for op in ("Round", "Floor", "Ceil", "Sign")},
 }
 
 

@@ -15,8 +15,8 @@ rely on):
 
 - no gradient builder: CastLike, ReduceMax, ReduceMin, ReduceSumSquare, ReduceL1,
   ReduceLogSum, GlobalMaxPool, InstanceNormalization, GroupNormalization, LpNormalization,
-  LRN, HardSwish, Mish, ThresholdedRelu, DepthToSpace, SpaceToDepth, CumSum, Einsum, Loop;
-  also ReverseSequence and Sign (not rewritten);
+  LRN, HardSwish, Mish, ThresholdedRelu, DepthToSpace, SpaceToDepth, CumSum, Einsum, Loop,
+  Round, Floor, Ceil, Sign; also ReverseSequence (not rewritten);
 - If: generate_artifacts folds one whose condition is a constant itself, and one decided by
   a graph input kills the process (a C++ assertion) — :mod:`onnxsurgeon.train.control`;
 - a gradient builder but no CPU kernel: Resize (``ResizeGrad``: the Module cannot be built);
@@ -41,6 +41,7 @@ from onnxsurgeon.graph import node_reads
 from onnxsurgeon.train.control import CONTROL
 from onnxsurgeon.train.rewrite_conv import average_pool, conv_transpose
 from onnxsurgeon.train.rewrite_einsum import einsum
+from onnxsurgeon.train.rewrite_round import ROUNDING, rounding
 from onnxsurgeon.train.rewrite_core import (
     FLOATS, Builder, Context, Unsupported, attrs_of, known_value, known_values, text,
 )
@@ -515,6 +516,7 @@ REWRITES: dict[str, Callable[[onnx.NodeProto, Context], list[onnx.NodeProto] | N
     "ConvTranspose": conv_transpose,
     "AveragePool": average_pool,
     "Einsum": einsum,
+    **{op: rounding for op in ROUNDING},
 }
 
 

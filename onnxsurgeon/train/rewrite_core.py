@@ -35,6 +35,7 @@ class Context:
     hoisted: dict[int, dict[str, str]] = field(default_factory=dict)  # subgraph -> its constants' names outside
     evaluated: dict[str, np.ndarray] = field(default_factory=dict)
     producers: dict[str, onnx.NodeProto] = field(default_factory=dict)
+    kept: set[str] = field(default_factory=set)  # outputs of nodes a rewrite wrote in the node's own op
 
     def static(self, name: str) -> tuple[int, ...] | None:
         t = self.types.get(name)
