@@ -508,11 +508,7 @@ def save(model: onnx.ModelProto, path: str | os.PathLike[str], external_data: bo
     sees a half-written file; the data file is renamed before the model that refers to it.
     """
     path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise InputError(f"cannot write {path}: folder {folder} does not exist", "create the folder first")
-    if path.is_dir():
-        raise InputError(f"cannot write {path}: it is a directory", "name a file to write")
+    check_output(path)
     if external_data is None:
         external_data = weight_bytes(model) > INLINE_LIMIT
     if not external_data:
@@ -628,9 +624,21 @@ def _mode_for(path: Path) -> int:
         return 0o666 & ~umask
 
 
+def check_output(path: str | os.PathLike[str]) -> None:
+    """Refuse an output path that cannot become a file: its folder is missing, or it is a
+    folder itself. Commands that work long before they write call it first."""
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise InputError(f"cannot write {path}: folder {folder} does not exist", "create the folder first")
+    if path.is_dir():
+        raise InputError(f"cannot write {path}: it is a directory", "name a file to write")
+
+
 def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> Path:
     """Write a file through ``write(f)`` under a temporary name beside it, flush and sync
     it, and rename it over ``path``: readers see the old file or the new one, never half."""
+    check_output(path)
     _commit(_write_temp(path, write), path)
     return path
 

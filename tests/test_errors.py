@@ -768,6 +768,47 @@ def test_train_layout_and_data_files_errors(ae_data, tmp_path, capsys):
     assert_not_written(out)
 
 
+def test_train_refuses_an_output_it_cannot_write_before_training(ae_data, tmp_path, capsys, monkeypatch):
+    """An -o that is a folder, a --checkpoint-dir that is a file, a --log that is a folder:
+    refused before the first step (not after the whole run), exit 2, and no log left."""
+    from onnxsurgeon.train import loop
+
+    def never(*args, **kw):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(loop, "train", never)
+    (tmp_path / "isdir").mkdir()
+    code, _, err = run(train_argv(ae_data, tmp_path / "isdir"), capsys)
+    assert_error(code, err, BAD_INPUT, "cannot write", "it is a directory", hint=("name a file",))
+    assert not (tmp_path / "isdir.metrics.jsonl").exists()
+    out = tmp_path / "t.onnx"
+    for where in ("train.npz", "train.npz/sub"):
+        code, _, err = run(train_argv(ae_data, out, "--checkpoint-dir", tmp_path / where), capsys)
+        assert_error(code, err, BAD_INPUT, "as the checkpoint folder", "train.npz is a file", hint=("--checkpoint-dir",))
+    code, _, err = run(train_argv(ae_data, out, "--log", tmp_path / "isdir"), capsys)
+    assert_error(code, err, BAD_INPUT, "cannot write the log", "it is a directory", hint=("--log",))
+    assert_not_written(out)
+
+
+def test_run_never_writes_over_its_model_or_data(ae_data, tmp_path, capsys):
+    """run -o naming the model or a data file (also inside a --data folder) is refused: the
+    outputs would replace what they are computed from."""
+    model = tmp_path / "m.onnx"
+    shutil.copy(AE, model)
+    folder = tmp_path / "arrays"
+    folder.mkdir()
+    np.save(folder / "input.npy", np.zeros((2, 64), np.float32))
+    cases = [(ae_data, model, "the model"), (ae_data, ae_data, "a data file"), (folder, folder / "input.npy", "a data file")]
+    for data, out, what in cases:
+        before = sha256(out)
+        code, _, err = run(["run", model, "--data", data, "-o", out], capsys)
+        assert_error(code, err, BAD_INPUT, f"is {what} of this run", hint=("another file",))
+        assert sha256(out) == before
+    (tmp_path / "isdir").mkdir()
+    code, _, err = run(["run", model, "--data", ae_data, "-o", tmp_path / "isdir"], capsys)
+    assert_error(code, err, BAD_INPUT, "it is a directory", hint=("name a file",))
+
+
 def test_train_resume_checks_the_checkpoint(ae_data, tmp_path, capsys):
     ck, out = tmp_path / "ck", tmp_path / "t.onnx"
     assert run(train_argv(ae_data, out, "--checkpoint-dir", ck, "--optimizer", "adam"), capsys)[0] == OK

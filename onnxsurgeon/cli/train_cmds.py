@@ -38,7 +38,9 @@ class _Log:
 
     def __init__(self, path: Path, mode: str = "a") -> None:
         if not path.parent.is_dir():
-            raise InputError(f"cannot write the log {path}: folder {path.parent} does not exist")
+            raise InputError(f"cannot write the log {path}: folder {path.parent} does not exist", "create the folder first, or give --log")
+        if path.is_dir():
+            raise InputError(f"cannot write the log {path}: it is a directory", "name a file with --log")
         self.path, self.mode = path, mode
         self.file = None  # opened at the first event: a run refused before it starts leaves no log
 
@@ -170,6 +172,8 @@ def train(
         raise InputError("no output file given", "add -o TRAINED.onnx, or --dry-run to only check")
     if not force and _same_file(model, out_path):
         raise InputError(f"the output {out_path} is the input model", "write to another file, or pass --force to replace it")
+    if out_path is not None and not dry_run:
+        serde.check_output(out_path)  # before the run, not after it
     settings = TrainSettings(
         loss=loss, metrics=tuple(metrics or ()),
         optimizer=OptimizerSettings(optimizer, lr, momentum, nesterov, beta1, beta2, eps, weight_decay, clip_norm),
@@ -210,7 +214,9 @@ def train(
     if log is None:
         log = (checkpoint_dir / "metrics.jsonl") if checkpoint_dir is not None else out_path.with_name(out_path.stem + ".metrics.jsonl")  # type: ignore[union-attr]
     if checkpoint_dir is not None:
-        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        from onnxsurgeon.train import checkpoint
+
+        checkpoint.make_folder(checkpoint_dir)
     fresh = not resume and resume_from is None
     writer = _Log(log, "w" if overwrite and fresh else "a")
     bar = _Bar() if (not quiet and not as_json and sys.stderr.isatty()) else None
@@ -368,15 +374,20 @@ def run_(
     Example: onnxsurgeon run trained.onnx --data x.npz -o out.npz
     """
     import onnxsurgeon as osg
+    from onnxsurgeon import serde
     from onnxsurgeon.train.data import Layout
     from onnxsurgeon.train.evaluate import run_to_file
 
     layout = Layout.parse(fixed or (), batch_axis or ())
     if batch_size is not None and batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, not {batch_size}")
-    if not out_path.parent.is_dir():
-        raise InputError(f"cannot write {out_path}: folder {out_path.parent} does not exist", "create the folder first")
+    serde.check_output(out_path)
     arrays = _open(data, quiet)
+    read = [m for f in map(Path, arrays.files) for m in (sorted(f.glob("*.npy")) if f.is_dir() else [f])]
+    for given in (model, *read):
+        if _same_file(given, out_path):  # the outputs would replace what they are computed from
+            what = "the model" if given is model else "a data file"
+            raise InputError(f"the output {out_path} is {what} of this run", "write the outputs to another file")
     shapes = run_to_file(osg.load(model), arrays, out_path, outputs or (), batch_size, label=arrays.label,
                          fixed=layout.fixed, batch_axes=layout.batch_axes, write=not dry_run)
     extra = {"layout": layout.to_dict()} if layout else {}

@@ -49,6 +49,23 @@ class Checkpoint:
         return int(self.meta["step"])
 
 
+def make_folder(folder: str | os.PathLike) -> Path:
+    """Create the checkpoint folder (and its parents) unless it exists; a file in its way
+    is the user's to fix, not a crash."""
+    folder = Path(folder)
+    for part in (folder, *folder.parents):
+        if part.exists() and not part.is_dir():
+            raise InputError(
+                f"cannot use {folder} as the checkpoint folder: {part} is a file",
+                "give --checkpoint-dir a folder (a new one is created)",
+            )
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"cannot create the checkpoint folder {folder}: {e.strerror}", "choose a writable --checkpoint-dir") from None
+    return folder
+
+
 def file_name(step: int) -> str:
     return f"step-{step:09d}.ckpt"
 

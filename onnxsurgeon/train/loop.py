@@ -386,7 +386,7 @@ class _Run:
         """The checkpoint to resume from, if any (read by rank 0 alone)."""
         folder = self.settings.checkpoint_dir
         if folder is not None:
-            Path(folder).mkdir(parents=True, exist_ok=True)
+            checkpoint.make_folder(folder)
         found = None
         if self.settings.resume_from is not None:
             if not Path(self.settings.resume_from).is_file():
