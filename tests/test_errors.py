@@ -905,3 +905,32 @@ def test_transfer_that_matches_nothing_fails_and_writes_nothing(tmp_path, capsys
     code, _, err = run(["transfer", "--from", AE, "--to", AE, "-o", out], capsys)  # everything matches: written
     assert code == OK, err
     assert out.exists()
+
+
+def test_sigterm_while_writing_is_an_interrupt(tmp_path, capsys, monkeypatch):
+    """SIGTERM (kill, timeout) ends a command as Ctrl-C does: exit 130, no temporary file."""
+    import signal
+
+    real = serde._write_inline
+
+    def killed(model, f):
+        f.write(b"partial")
+        os.kill(os.getpid(), signal.SIGTERM)
+        real(model, f)
+
+    class Unhandled(Exception):
+        pass
+
+    def unhandled(signum, frame):  # what reaches this handler was not handled by the command
+        raise Unhandled
+
+    monkeypatch.setattr(serde, "_write_inline", killed)
+    previous = signal.signal(signal.SIGTERM, unhandled)  # not the default: that would end pytest
+    try:
+        out = tmp_path / "piece.onnx"
+        code, _, err = run(["extract", AE, "--in", "input", "--out", "L4.y", "-o", out], capsys)
+        assert signal.getsignal(signal.SIGTERM) is unhandled  # given back after the command
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert code == INTERRUPTED and "Traceback" not in err, err
+    assert_not_written(out)

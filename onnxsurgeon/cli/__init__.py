@@ -7,6 +7,7 @@ environment problem, 4 internal error (a bug), 130 interrupted.
 
 from __future__ import annotations
 
+import signal
 import sys
 import traceback
 
@@ -22,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from onnxsurgeon.cli.app import UsageError, app
 
+    previous = _terminate_as_interrupt()
     try:
         result = app(args=argv, standalone_mode=False, prog_name="onnxsurgeon")
     except SurgeonError as e:
@@ -44,7 +46,22 @@ def main(argv: list[str] | None = None) -> int:
         print("onnxsurgeon: internal error, this is a bug; please report it with the text below", file=sys.stderr)
         traceback.print_exc()
         return _ended(e, BUG)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return result if isinstance(result, int) else 0
+
+
+def _terminate_as_interrupt():
+    """SIGTERM (kill, timeout, a job scheduler) ends a command as Ctrl-C does: temporary
+    files removed, exit 130. Returns the handler it replaced (None off the main thread)."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        return signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread (a library user calling main from a thread)
+        return None
 
 
 def _world():

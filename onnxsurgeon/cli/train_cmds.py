@@ -222,19 +222,24 @@ def train(
     bar = _Bar() if (not quiet and not as_json and sys.stderr.isatty()) else None
     warn = None if bar is not None or quiet else (lambda e: output.warn(e["message"]) if e["event"] == "warning" else None)
     interrupted = []
-    previous = signal.getsignal(signal.SIGINT)
+    # Ctrl-C, and SIGTERM (kill, timeout, a scheduler ending or preempting the job), both
+    # finish the step, checkpoint, then stop.
+    stops = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.getsignal(s) for s in stops}
 
-    def on_interrupt(signum, frame):  # finish the step, checkpoint, then stop
+    def on_interrupt(signum, frame):
         interrupted.append(True)
 
-    signal.signal(signal.SIGINT, on_interrupt)
+    for s in stops:
+        signal.signal(s, on_interrupt)
     try:
         trained, report = run_training(
             source, arrays, settings, val=val_arrays, data_label=arrays.label, val_label=val_arrays.label if val_arrays else "",
             progress=_fan(writer, bar, warn), stop=lambda: bool(interrupted), world=world,
         )
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
         if bar is not None:
             bar.close()
         writer.close()
