@@ -148,3 +148,41 @@ def test_params_says_what_training_does(cli, fixture_path):
     training = {p["name"]: p["training"] for p in json.loads(out)["params"]}
     assert training["fc.weight"] == "trained" and training["bn1.running_mean"] == "updated statistics"
     assert training["bn1.running_var"] == "updated statistics" and training["drop1.ratio"] == "constant (scalar)"
+
+
+def _unread(argv: list[object], closed: bool = False) -> tuple[int, str]:
+    """Run the command line in a process whose stdout nobody reads: a pipe closed before
+    the command writes (``| head`` gone), or with ``closed`` no stdout at all (``>&-``)."""
+    import os
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "onnxsurgeon", *map(str, argv)],
+        stdout=subprocess.DEVNULL if closed else subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(root)}, preexec_fn=(lambda: os.close(1)) if closed else None,
+    )
+    if not closed:
+        proc.stdout.close()  # the reader is gone before the first line
+    err = proc.stderr.read()
+    return proc.wait(timeout=120), err
+
+
+def test_stdout_that_nobody_reads(fixture_path, tmp_path):
+    """`onnxsurgeon nodes m.onnx | head` after head has gone, or stdout closed: what is
+    left of the output is dropped, and the exit code is the command's own (0 here; verify's
+    1 on a mismatch), never a traceback (exit 4) nor rich's exit 1 for a broken pipe."""
+    ae = fixture_path("autoencoder.onnx")
+    for closed in (False, True):
+        for argv in (["nodes", ae], ["nodes", ae, "--json"], ["params", ae], ["info", ae, "--json"]):
+            code, err = _unread(argv, closed)
+            assert (code, err) == (0, ""), (argv, closed, err)
+        out = tmp_path / f"piece{closed}.onnx"
+        code, err = _unread(["extract", ae, "--in", "input", "--out", "L4.y", "-o", out, "--json"], closed)
+        assert (code, err) == (0, "") and out.exists(), err
+    other = tmp_path / "other.onnx"
+    m = osg.load(ae)
+    m.graph.node[-1].op_type = "Tanh"  # the piece computes something else: verify's answer is 1
+    osg.save(m, other)
+    code, err = _unread(["verify", ae, other])
+    assert code == 1 and "outputs differ" in err and "Traceback" not in err, err

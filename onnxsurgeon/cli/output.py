@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -29,10 +30,38 @@ def _console(name: str) -> Console:
 
         # Not a terminal (a pipe, a file): no width to fit, so tables print every name in
         # full, on one line, ready to paste into --freeze or --map.
+        class _Console(Console):
+            def on_broken_pipe(self) -> None:  # rich's own exits 1, which means "a check failed"
+                self.quiet = True
+                _reader_gone(self.file)
+
         stream = sys.stderr if name == "err" else sys.stdout
         width = None if _isatty(stream) else NOT_A_TERMINAL_WIDTH
-        globals()[name] = Console(stderr=name == "err", highlight=False, soft_wrap=True, width=width)
+        globals()[name] = _Console(stderr=name == "err", highlight=False, soft_wrap=True, width=width)
     return globals()[name]
+
+
+def _reader_gone(stream: Any) -> None:
+    """The reader of a stream went away (``| head``): the rest of what is written to it is
+    discarded, and the command ends as it would have, with its files and its exit code."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
+    except (AttributeError, OSError, ValueError):
+        pass
+
+
+def _write(text: str) -> None:
+    """Data on stdout; nothing when stdout is closed (``>&-``) or its reader went away."""
+    stream = sys.stdout
+    if stream is None:
+        return
+    try:
+        stream.write(text)
+        stream.flush()
+    except BrokenPipeError:
+        _reader_gone(stream)
 
 
 NOT_A_TERMINAL_WIDTH = 1 << 15
@@ -46,13 +75,13 @@ def _isatty(stream: Any) -> bool:
 
 
 def emit_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    _write(json.dumps(data, indent=2, default=str) + "\n")
 
 
 def lines(texts: Iterable[str]) -> None:
     """Lines of plain text on stdout, as they are: no markup, emoji codes or wrapping (and
     fast: a listing of a big model has hundreds of thousands)."""
-    sys.stdout.write("".join(t + "\n" for t in texts))
+    _write("".join(t + "\n" for t in texts))
 
 
 def warn(message: str) -> None:
