@@ -471,6 +471,20 @@ def test_bad_recipe_exits_2_with_line_and_column(cli, tmp_path, case):
     assert not out.exists() and list(tmp_path.iterdir()) == [recipe]
 
 
+@pytest.mark.parametrize("type_text", ["float32", "int64"])
+def test_input_type_without_a_shape_is_refused(cli, tmp_path, type_text):
+    """ONNX needs a graph input's shape (its rank at least): a type without one is the
+    recipe's mistake (exit 2, line and column), not a network the checker refuses (exit 4)."""
+    recipe = tmp_path / "bad.toml"
+    recipe.write_text(f'[inputs]\nfeatures = "{type_text}"\n[outputs]\nz = "relu(features)"\n')
+    out = tmp_path / "net.onnx"
+    code, _, err = cli("compose", recipe, "-o", out)
+    assert code == 2, err
+    assert err.startswith(f"onnxsurgeon: error: {recipe}:2:12: the input 'features' has no shape"), err
+    assert f"hint: write its shape too, e.g. {type_text}[N,64]" in err
+    assert not out.exists()
+
+
 def test_symbolic_dims_that_do_not_line_up(cli, tmp_path):
     recipe = tmp_path / "bad.toml"
     recipe.write_text(f'[inputs]\nq = "float32[B,100]"\n[pieces.t]\nmodel = "{TOWER.as_posix()}"\ninputs = ["text"]\noutputs = ["semantic"]\n[outputs]\nv = "t(q)"\n')

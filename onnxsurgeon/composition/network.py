@@ -74,6 +74,11 @@ class Network:
         if name in self._pieces:
             raise InputError(f"name collision: {name!r} is already a piece", "choose another name for the input")
         t = type if isinstance(type, TensorType) else TensorType.parse(type)
+        if t.shape is None:  # ONNX requires a shape (its rank at least) on a graph input
+            raise InputError(
+                f"the input {name!r} has no shape: {str(t)!r} gives its element type only",
+                f"write its shape too, e.g. {t.dtype}[N,64] (a name such as N for a size that varies)",
+            )
         self._b.claim(name, f"the input {name!r}")
         value = Value(name, t)
         self._inputs[name] = self._names[name] = value
