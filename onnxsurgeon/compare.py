@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,6 +81,9 @@ def verify(
     """
     if seed < 0:
         raise InputError(f"--seed must be a non-negative integer, not {seed}", "use 0 or a positive seed")
+    for option, value in (("--rtol", rtol), ("--atol", atol)):
+        if not (math.isfinite(value) and value >= 0):  # below 0 or nan every output "differs"; inf accepts anything
+            raise InputError(f"{option} must be a finite number >= 0, not {value}", "e.g. --rtol 1e-5 --atol 1e-6 (0 asks for equal values)")
     if meta.mode(piece) == "constant":
         original = modes.inference_view(original)
     cut = meta.cut(piece) or {}

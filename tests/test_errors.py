@@ -626,6 +626,15 @@ def test_verify_data_with_wrong_shape(tmp_path, capsys, piece):
     assert_error(code, err, BAD_INPUT, "'input'", "7", "64")
 
 
+@pytest.mark.parametrize("option, value", [("--rtol", "-1"), ("--rtol", "nan"), ("--atol", "-1e-6"), ("--atol", "inf")])
+def test_verify_tolerance_that_is_not_a_tolerance(capsys, piece, option, value):
+    """A negative or nan tolerance made every output "differ" (exit 1, "MISMATCH" beside a
+    difference of 0); inf accepted anything. Both are bad input: exit 2."""
+    code, out, err = run(["verify", AE, piece, option, value], capsys)
+    assert_error(code, err, BAD_INPUT, f"{option} must be a finite number >= 0", hint=("--rtol 1e-5",))
+    assert "MISMATCH" not in out
+
+
 def test_verify_model_with_too_new_opset(tmp_path, capsys):
     model = tiny_model([helper.make_node("Relu", ["x"], ["y"], name="r")])
     del model.opset_import[:]
