@@ -88,7 +88,7 @@ def _parse_spec(text: str, index: GraphIndex, allow_type: bool) -> _Spec:
         head, _, tail = ref.rpartition(":")
         if override is None and head and _TYPE_LIKE.match(tail):
             raise InputError(
-                f"unknown type {tail.split('[')[0]!r} in {text!r}",
+                f"{dtypes.type_problem(tail)} in {text!r}",
                 "write a type as float32[N,64]; types: " + ", ".join(dtypes.DTYPE_NAMES),
             )
     return _Spec(text, new_name, ref, override)

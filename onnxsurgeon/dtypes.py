@@ -58,7 +58,7 @@ def parse_type(text: str) -> onnx.TypeProto | None:
     if m.group("dims") is None:
         return onnx.helper.make_tensor_type_proto(elem, None)
     dims: list[int | str | None] = []
-    for d in (d.strip() for d in m.group("dims").split(",")) if m.group("dims").strip() else []:
+    for d in _dims(m.group("dims")):
         if re.fullmatch(r"\d+", d):
             dims.append(int(d))
         elif d in ("?", ""):
@@ -68,6 +68,23 @@ def parse_type(text: str) -> onnx.TypeProto | None:
         else:
             return None
     return onnx.helper.make_tensor_type_proto(elem, dims)
+
+
+def _dims(text: str) -> list[str]:
+    return [d.strip() for d in text.split(",")] if text.strip() else []
+
+
+def type_problem(text: str) -> str | None:
+    """Why ``text`` is not a type such as ``float32[N,3]``, in words for a message; None if it is one."""
+    m = _TYPE.match(text.strip())
+    if m is None:
+        return f"{text!r} is not written as TYPE[DIMS]"
+    if m.group("dtype") not in _DTYPES:
+        return f"unknown type {m.group('dtype')!r}"
+    if parse_type(text) is None:
+        bad = [d for d in _dims(m.group("dims")) if parse_type(f"float32[{d}]") is None]
+        return f"{', '.join(map(repr, bad))} is not a dimension (a size such as 64, a name such as N, or ?)"
+    return None
 
 
 def split_type(text: str) -> tuple[str, onnx.TypeProto | None]:

@@ -395,6 +395,17 @@ def test_unknown_dtype_in_override(tmp_path, capsys, spec):
     assert_not_written(out)
 
 
+@pytest.mark.parametrize("spec, bad", [("input:float32[-1,64]", "'-1'"), ("input:float32[N,6.5]", "'6.5'")])
+def test_bad_dimension_in_override(tmp_path, capsys, spec, bad):
+    """A known type with a dimension that is not one (PyTorch's -1 for "any") names that
+    dimension; it was reported as "unknown type 'float32'"."""
+    out = tmp_path / "piece.onnx"
+    code, _, err = run(extract_argv(AE, out, "--in", spec, "--out", "L4.y"), capsys)
+    assert_error(code, err, BAD_INPUT, f"{bad} is not a dimension", "a name such as N", spec)
+    assert "unknown type" not in err
+    assert_not_written(out)
+
+
 # --- the output file ------------------------------------------------------------------------
 
 

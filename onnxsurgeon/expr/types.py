@@ -31,7 +31,8 @@ class TensorType:
         """``float32[N,64]`` as a type."""
         t = dtypes.parse_type(text) if isinstance(text, str) else None
         if t is None:
-            raise InputError(f"{text!r} is not a tensor type", "write a type such as float32[N,64] or int64[N]")
+            why = dtypes.type_problem(text) if isinstance(text, str) else None
+            raise InputError(f"{text!r} is not a tensor type" + (f": {why}" if why else ""), "write a type such as float32[N,64] or int64[N]")
         return cls.from_proto(t)  # type: ignore[return-value]
 
     @classmethod
