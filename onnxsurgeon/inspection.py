@@ -438,16 +438,20 @@ def info(
     inputs: list[str] | None = None,
     outputs: list[str] | None = None,
     mode: str = "learnable",
+    auto_inputs: bool = False,
 ) -> InfoReport:
     """A summary of a model: interface, versions, size, parameters, mode and provenance.
 
-    With ``outputs`` (and ``inputs``), also what that cut would produce, found without
-    reading any weight: its nodes, its weight and graph bytes, and the memory writing it needs."""
+    With ``outputs`` (and ``inputs``, ``auto_inputs`` as for extract), also what that cut
+    would produce, found without reading any weight: its nodes, its weight and graph bytes,
+    and the memory writing it needs."""
     piece = None
+    if inputs and not outputs:
+        raise InputError("--in without --out: a cut is sized from both", "add --out NAME (the values the piece computes), or drop --in")
     if outputs:
         from onnxsurgeon.cut import extract
 
-        cut_model, report = extract(model, inputs=list(inputs or []), outputs=list(outputs), params=mode)
+        cut_model, report = extract(model, inputs=list(inputs or []), outputs=list(outputs), params=mode, auto_inputs=auto_inputs)
         piece = {"nodes": len(report.nodes), "parameters": len(report.parameters), **serde.footprint(cut_model)}
     index = GraphIndex(model.graph)
     types = {n: vi.type for n, vi in index.value_info.items()}

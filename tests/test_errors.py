@@ -282,6 +282,17 @@ def test_open_cut_names_the_leak_and_a_path(tmp_path, capsys):
     assert_not_written(out)
 
 
+def test_info_sizes_a_cut_only_with_out_and_takes_the_hint_it_gives(capsys):
+    """info --in without --out was ignored silently; info's open-cut hint names
+    --auto-inputs, which info now takes as extract does."""
+    code, _, err = run(["info", AE, "--in", "input"], capsys)
+    assert_error(code, err, BAD_INPUT, "--in without --out", hint=("add --out NAME",))
+    code, _, err = run(["info", AE, "--out", "L4.y"], capsys)
+    assert_error(code, err, BAD_INPUT, "the cut is open", hint=("--auto-inputs",))
+    code, out, err = run(["info", AE, "--out", "L4.y", "--auto-inputs"], capsys)
+    assert code == OK and "the cut     12 nodes" in out, err
+
+
 def test_auto_inputs_closes_the_cut(tmp_path, capsys):
     out = tmp_path / "piece.onnx"
     code, stdout, err = run(extract_argv(TWO_IO, out, "--in", "a", "--out", "s", "--auto-inputs"), capsys)

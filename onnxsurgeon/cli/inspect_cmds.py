@@ -64,6 +64,7 @@ def info(
     inputs: Annotated[list[str] | None, typer.Option("--in", help="With --out: size a cut before making it.")] = None,
     outputs: Annotated[list[str] | None, typer.Option("--out", help="The cut's outputs, as for extract.")] = None,
     params: Annotated[str, typer.Option("--params", help="The cut's parameter mode.")] = "learnable",
+    auto_inputs: Annotated[bool, typer.Option("--auto-inputs", help="Add graph inputs the outputs need, as for extract.")] = False,
     as_json: Json = False,
 ) -> None:
     """Summarise a model: inputs, outputs, versions, size, parameters, mode and provenance;
@@ -73,7 +74,7 @@ def info(
     """
     import onnxsurgeon as osg
 
-    report = osg.info(osg.load(model), path=model, inputs=inputs, outputs=outputs, mode=params)
+    report = osg.info(osg.load(model), path=model, inputs=inputs, outputs=outputs, mode=params, auto_inputs=auto_inputs)
     if as_json:
         output.emit_json(report.to_dict())
         return
