@@ -471,6 +471,12 @@ def test_bad_recipe_exits_2_with_line_and_column(cli, tmp_path, case):
     assert not out.exists() and list(tmp_path.iterdir()) == [recipe]
 
 
+def test_a_folder_as_the_recipe_is_named_a_folder(cli, tmp_path):
+    code, _, err = cli("compose", tmp_path, "-o", tmp_path / "net.onnx")
+    assert code == 2 and f"{tmp_path} is a directory, not a recipe file" in err, err
+    assert "hint: name the .toml file inside it" in err
+
+
 @pytest.mark.parametrize("type_text", ["float32", "int64"])
 def test_input_type_without_a_shape_is_refused(cli, tmp_path, type_text):
     """ONNX needs a graph input's shape (its rank at least): a type without one is the

@@ -68,6 +68,8 @@ class _Recipe:
         if isinstance(recipe, Mapping):
             return cls(recipe)
         path = Path(recipe)
+        if path.is_dir():
+            raise InputError(f"{path} is a directory, not a recipe file", "name the .toml file inside it")
         if not path.is_file():
             raise InputError(f"no such recipe file: {path}", "check the path of the recipe")
         try:
