@@ -633,6 +633,12 @@ def check_output(path: str | os.PathLike[str]) -> None:
         raise InputError(f"cannot write {path}: folder {folder} does not exist", "create the folder first")
     if path.is_dir():
         raise InputError(f"cannot write {path}: it is a directory", "name a file to write")
+    try:  # what the write will do first: make a file in that folder (read-only, full, no rights)
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except OSError as e:
+        raise InputError(f"cannot write {path}: {e.strerror}", "choose a writable output folder") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> Path:

@@ -821,6 +821,74 @@ def test_train_refuses_an_output_it_cannot_write_before_training(ae_data, tmp_pa
     assert_not_written(out)
 
 
+@pytest.fixture
+def read_only(tmp_path, monkeypatch):
+    """A folder nothing can be made in. chmod 555 where that binds; as root (which it does
+    not bind), every way a file or folder is made in it fails as the kernel would."""
+    import builtins
+    import tempfile
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        (folder / "probe").touch()
+    except PermissionError:
+        yield folder
+        folder.chmod(0o755)
+        return
+    (folder / "probe").unlink()
+    denied = PermissionError(errno.EACCES, "Permission denied")
+
+    def inside(path) -> bool:
+        return Path(path).resolve().parent == folder.resolve()
+
+    real_mkstemp, real_open, real_mkdir = tempfile.mkstemp, builtins.open, os.mkdir
+
+    def mkstemp(*args, dir=None, **kw):
+        if dir is not None and Path(dir).resolve() == folder.resolve():
+            raise denied
+        return real_mkstemp(*args, dir=dir, **kw)
+
+    def open_(file, mode="r", *args, **kw):
+        if isinstance(file, (str, os.PathLike)) and set(mode) & set("wax+") and inside(file):
+            raise denied
+        return real_open(file, mode, *args, **kw)
+
+    def mkdir(path, *args, **kw):
+        if inside(path):
+            raise denied
+        return real_mkdir(path, *args, **kw)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(builtins, "open", open_)
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    yield folder
+
+
+def test_train_into_a_read_only_folder_is_refused_before_training(ae_data, tmp_path, capsys, monkeypatch, read_only):
+    """-o, --log or --checkpoint-dir where nothing can be written: exit 2 before the first
+    step (the log's open was exit 4, and -o alone was found out only after the run)."""
+    from onnxsurgeon.train import loop
+
+    def never(*args, **kw):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(loop, "train", never)
+    out = tmp_path / "t.onnx"
+    code, _, err = run(train_argv(ae_data, read_only / "t.onnx", "--log", tmp_path / "log.jsonl"), capsys)
+    assert_error(code, err, BAD_INPUT, "cannot write", "t.onnx", "Permission denied", hint=("writable",))
+    code, _, err = run(train_argv(ae_data, read_only / "t.onnx"), capsys)
+    assert_error(code, err, BAD_INPUT, "cannot write", "Permission denied", hint=("writable",))
+    code, _, err = run(train_argv(ae_data, out, "--log", read_only / "log.jsonl"), capsys)
+    assert_error(code, err, BAD_INPUT, "cannot write", "log.jsonl", "Permission denied", hint=("writable",))
+    for ck in (read_only, read_only / "ck"):
+        code, _, err = run(train_argv(ae_data, out, "--checkpoint-dir", ck), capsys)
+        assert_error(code, err, BAD_INPUT, f"cannot write checkpoints in {ck}", "Permission denied", hint=("--checkpoint-dir",))
+    assert_not_written(out)
+    assert list(read_only.iterdir()) == []
+
+
 def test_run_never_writes_over_its_model_or_data(ae_data, tmp_path, capsys):
     """run -o naming the model or a data file (also inside a --data folder) is refused: the
     outputs would replace what they are computed from."""

@@ -37,16 +37,22 @@ class _Log:
     """The JSON-lines metrics log: one line per event, appended, flushed."""
 
     def __init__(self, path: Path, mode: str = "a") -> None:
+        from onnxsurgeon import serde
+
         if not path.parent.is_dir():
             raise InputError(f"cannot write the log {path}: folder {path.parent} does not exist", "create the folder first, or give --log")
         if path.is_dir():
             raise InputError(f"cannot write the log {path}: it is a directory", "name a file with --log")
+        serde.check_output(path)  # a folder the log cannot be made in: before the run
         self.path, self.mode = path, mode
         self.file = None  # opened at the first event: a run refused before it starts leaves no log
 
     def __call__(self, event: dict[str, Any]) -> None:
         if self.file is None:
-            self.file = open(self.path, self.mode, encoding="utf-8")  # noqa: SIM115 - closed by close()
+            try:
+                self.file = open(self.path, self.mode, encoding="utf-8")  # noqa: SIM115 - closed by close()
+            except OSError as e:
+                raise InputError(f"cannot write the log {self.path}: {e.strerror}", "choose a writable --log") from None
         self.file.write(json.dumps(dict(event, time=round(time.time(), 3)), default=str) + "\n")
         self.file.flush()
 

@@ -19,6 +19,7 @@ import io
 import json
 import os
 import re
+import tempfile
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -61,8 +62,11 @@ def make_folder(folder: str | os.PathLike) -> Path:
             )
     try:
         folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".probe.", suffix=".tmp", dir=folder)  # as a checkpoint is written
+        os.close(fd)
+        os.unlink(probe)
     except OSError as e:
-        raise InputError(f"cannot create the checkpoint folder {folder}: {e.strerror}", "choose a writable --checkpoint-dir") from None
+        raise InputError(f"cannot write checkpoints in {folder}: {e.strerror}", "choose a writable --checkpoint-dir") from None
     return folder
 
 
