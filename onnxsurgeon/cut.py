@@ -209,6 +209,16 @@ def extract(
     # before its copy of the inner values' types is added (a third of its bytes, which the
     # checker would parse for nothing). Renaming never touches those entries: they are not
     # ports (those inferred by the type pass can be: see above).
+    overridden = [s.text for s in in_specs if s.type is not None]
+    if overridden and checks.checker_error(model) is None:
+        # a new input type the operators cannot take (float16 into a MatMul with float32
+        # weights) passes shape inference on the piece and is found here: the user's to fix
+        err = checks.checker_error(piece)
+        if err is not None:
+            raise InputError(
+                f"the new input type {', '.join(map(repr, overridden))} does not fit the piece: {err}",
+                "check the type you gave, or cut so that the new type fits",
+            )
     warnings += checks.check_result(piece, "a piece", [model])
     _add_value_info(g, inner_types)
 

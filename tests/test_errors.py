@@ -381,6 +381,16 @@ def test_the_known_command_as_written(tmp_path):
 # --- type and shape overrides ---------------------------------------------------------------
 
 
+@pytest.mark.parametrize("spec", ["input:float16[N,64]", "input:int64[N,64]"])
+def test_type_override_that_cannot_fit(tmp_path, capsys, spec):
+    """A new element type the operators cannot take (the weights stay float32) passes
+    shape inference on the piece; it was found by the checker afterwards and called a bug (exit 4)."""
+    out = tmp_path / "piece.onnx"
+    code, _, err = run(extract_argv(AE, out, "--in", spec, "--out", "L4.y"), capsys)
+    assert_error(code, err, BAD_INPUT, repr(spec), "does not fit the piece", "L1.o", hint=("check the type you gave",))
+    assert_not_written(out)
+
+
 def test_shape_override_that_cannot_fit(tmp_path, capsys):
     out = tmp_path / "piece.onnx"
     code, _, err = run(extract_argv(AE, out, "--in", "input:float32[N,7]", "--out", "output"), capsys)
