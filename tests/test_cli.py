@@ -186,3 +186,28 @@ def test_stdout_that_nobody_reads(fixture_path, tmp_path):
     osg.save(m, other)
     code, err = _unread(["verify", ae, other])
     assert code == 1 and "outputs differ" in err and "Traceback" not in err, err
+
+
+def test_names_a_narrow_stdout_encoding_cannot_hold(tmp_path):
+    """A Latin-1 locale or PYTHONIOENCODING=ascii cannot print '層': such characters come
+    out as escapes, and the command ends normally (it was exit 4 after writing the piece)."""
+    import os
+    from pathlib import Path
+
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((4, 3), np.float32), "層.W")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["entrée", "層.W"], ["層/o"], name="層/mm")], "g",
+        [helper.make_tensor_value_info("entrée", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("層/o", TensorProto.FLOAT, ["N", 3])], [w],
+    )
+    model = tmp_path / "uni.onnx"
+    osg.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), model)
+    root = Path(__file__).resolve().parents[1]
+    for encoding in ("ascii", "latin-1"):
+        env = {**os.environ, "PYTHONPATH": str(root), "PYTHONIOENCODING": encoding}
+        for argv in (["nodes", model], ["params", model], ["extract", model, "--in", "entrée", "--out", "層/o", "-o", tmp_path / f"p_{encoding}.onnx"]):
+            done = subprocess.run([sys.executable, "-m", "onnxsurgeon", *map(str, argv)], capture_output=True, env=env, timeout=120)
+            assert done.returncode == 0, done.stderr.decode(errors="replace")
+            assert b"\\u5c64" in done.stdout

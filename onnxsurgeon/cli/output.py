@@ -35,7 +35,7 @@ def _console(name: str) -> Console:
                 self.quiet = True
                 _reader_gone(self.file)
 
-        stream = sys.stderr if name == "err" else sys.stdout
+        stream = _tolerant(sys.stderr if name == "err" else sys.stdout)
         width = None if _isatty(stream) else NOT_A_TERMINAL_WIDTH
         globals()[name] = _Console(stderr=name == "err", highlight=False, soft_wrap=True, width=width)
     return globals()[name]
@@ -52,9 +52,20 @@ def _reader_gone(stream: Any) -> None:
         pass
 
 
+def _tolerant(stream: Any) -> Any:
+    """A stream whose encoding cannot hold every character of a name (a Latin-1 locale,
+    PYTHONIOENCODING=ascii) writes those as ``\\u`` escapes instead of failing."""
+    try:
+        if stream.errors == "strict":
+            stream.reconfigure(errors="backslashreplace")
+    except (AttributeError, ValueError):  # closed, or not a text stream of io's
+        pass
+    return stream
+
+
 def _write(text: str) -> None:
     """Data on stdout; nothing when stdout is closed (``>&-``) or its reader went away."""
-    stream = sys.stdout
+    stream = _tolerant(sys.stdout)
     if stream is None:
         return
     try:
