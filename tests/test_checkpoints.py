@@ -121,6 +121,18 @@ def test_changed_settings_on_resume_are_reported_or_refused(tmp_path):
         train(mlp(), DATA, settings(folder, epochs=3, seed=4, resume=True))
 
 
+def test_resume_on_other_data_of_the_same_size_is_reported(tmp_path):
+    """Only the number of examples was compared: other data of the same size resumed in
+    silence, and the result is no uninterrupted run's. The same data stays silent."""
+    folder = tmp_path / "ck"
+    train(mlp(), DATA, settings(folder, epochs=3, max_steps=4))
+    _, report = train(mlp(), DATA, settings(folder, epochs=3, resume=True, max_steps=1))
+    assert not [w for w in report.warnings if "other data" in w], report.warnings
+    other = {k: v[::-1].copy() for k, v in DATA.items()}  # the same examples in another order
+    _, report = train(mlp(), other, settings(folder, epochs=3, resume=True, max_steps=1))
+    assert any("on other data than its run" in w and "differs from an uninterrupted run" in w for w in report.warnings), report.warnings
+
+
 def test_the_model_changed_says_what(tmp_path):
     folder = tmp_path / "ck"
     train(mlp(), DATA, settings(folder, epochs=1, max_steps=2))

@@ -246,14 +246,16 @@ def train(
 
     compiled, train_set, val_set = world.together(set_up)
     first_rows = world.together(lambda: train_set.batch(np.arange(min(16, train_set.examples))))
-    world.agree(distributed.fingerprint(settings, compiled.sha256, first_rows, train_set.examples))
+    fingerprint = distributed.fingerprint(settings, compiled.sha256, first_rows, train_set.examples)
+    world.agree(fingerprint)
     with tempfile.TemporaryDirectory(prefix="onnxsurgeon-train-") as work:
         paths = world.together(lambda: artifacts.build(
             compiled.model, list(compiled.plan.trainable), list(compiled.plan.running_stats), work,
             settings.optimizer.ort_adamw(),
         ))
         quiet = progress is None or not world.root  # rank 0 alone reports
-        run = _Run(paths, compiled, settings, train_set, val_set, (lambda e: None) if quiet else progress, stop, Path(work), world)
+        run = _Run(paths, compiled, settings, train_set, val_set, (lambda e: None) if quiet else progress, stop, Path(work), world,
+                   data_rows=fingerprint["data (first rows)"])
         run.start()
         run.loop()
         values = run.values()
@@ -293,8 +295,9 @@ class _Run:
     """The sessions and counters of one run."""
 
     def __init__(self, paths, compiled: Compiled, settings: TrainSettings, train_set, val_set, progress: Progress, stop, work: Path,
-                 world: distributed.World = distributed.SINGLE) -> None:
+                 world: distributed.World = distributed.SINGLE, data_rows: str | None = None) -> None:
         self.paths, self.compiled, self.settings, self.world = paths, compiled, settings, world
+        self.data_rows = data_rows  # a digest of the training data's first rows
         self.train_set, self.val_set = train_set, val_set
         self.progress, self.stop, self.work = progress, stop, work
         self.api = ort.api()
@@ -457,6 +460,12 @@ class _Run:
         s = self.settings
         for note in checkpoint.compare_settings(found, self._expected(), s.optimizer.to_dict(), s.schedule.to_dict(), s.epochs):
             self._warn(note)
+        written_on = m.get("data_first_rows")  # absent in checkpoints of older versions
+        if written_on is not None and self.data_rows is not None and written_on != self.data_rows:
+            self._warn(
+                f"resuming {found.path} on other data than its run (the first examples differ, their number is the same); "
+                "the result differs from an uninterrupted run on either"
+            )
 
     def _parameter_shapes(self) -> dict[str, tuple[int, ...]]:
         inits = {t.name: tuple(t.dims) for t in self.compiled.model.graph.initializer}
@@ -607,7 +616,7 @@ class _Run:
             "optimizer_settings": s.optimizer.to_dict(), "schedule": s.schedule.to_dict(),
             "parameters": {k: list(v) for k, v in self._parameter_shapes().items()},
             "lr": s.optimizer.lr * s.schedule.factor(self.step, self.total),
-            "keep": checkpoint.keep_label(self.keep), "graph_parts": self.parts,
+            "keep": checkpoint.keep_label(self.keep), "graph_parts": self.parts, "data_first_rows": self.data_rows,
             "onnxsurgeon": __version__,
         }
         arrays = self.sgd.state() if self.sgd is not None else {}
