@@ -899,19 +899,34 @@ def test_train_into_a_read_only_folder_is_refused_before_training(ae_data, tmp_p
     assert list(read_only.iterdir()) == []
 
 
-def test_run_never_writes_over_its_model_or_data(ae_data, tmp_path, capsys):
-    """run -o naming the model or a data file (also inside a --data folder) is refused: the
-    outputs would replace what they are computed from."""
+def test_no_output_over_a_file_the_command_reads(ae_data, tmp_path, capsys):
+    """-o naming a file the command reads (run's model and data, also inside a --data
+    folder; train's --data and --val; extract's --data; compose's recipe; transfer's --from)
+    is refused, --force or not: the output would replace what it is computed from."""
     model = tmp_path / "m.onnx"
     shutil.copy(AE, model)
     folder = tmp_path / "arrays"
     folder.mkdir()
     np.save(folder / "input.npy", np.zeros((2, 64), np.float32))
-    cases = [(ae_data, model, "the model"), (ae_data, ae_data, "a data file"), (folder, folder / "input.npy", "a data file")]
-    for data, out, what in cases:
+    val = tmp_path / "v.npz"
+    shutil.copy(ae_data, val)
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f'[inputs]\nx = "float32[N,64]"\n[pieces.ae]\nmodel = "{AE.as_posix()}"\ninputs = ["input"]\n'
+                      'outputs = ["L4.y"]\n[outputs]\nz = "ae(x)"\n')
+    cases = [
+        (["run", model, "--data", ae_data, "-o", model], model, "the model"),
+        (["run", model, "--data", ae_data, "-o", ae_data], ae_data, "a data file"),
+        (["run", model, "--data", folder, "-o", folder / "input.npy"], folder / "input.npy", "a data file"),
+        (train_argv(ae_data, ae_data), ae_data, "a data file"),
+        (train_argv(ae_data, val, "--val", val), val, "a data file"),
+        (["extract", AE, "--in", "input", "--out", "L4.y", "--data", ae_data, "-o", ae_data, "--force"], ae_data, "the --data file"),
+        (["compose", recipe, "-o", recipe, "--force"], recipe, "the recipe"),
+        (["transfer", "--from", model, "--to", AE, "-o", model, "--force"], model, "the --from model"),
+    ]
+    for argv, out, what in cases:
         before = sha256(out)
-        code, _, err = run(["run", model, "--data", data, "-o", out], capsys)
-        assert_error(code, err, BAD_INPUT, f"is {what} of this run", hint=("another file",))
+        code, _, err = run(argv, capsys)
+        assert_error(code, err, BAD_INPUT, f"the output {out} is {what} of this command", hint=("another file",))
         assert sha256(out) == before
     (tmp_path / "isdir").mkdir()
     code, _, err = run(["run", model, "--data", ae_data, "-o", tmp_path / "isdir"], capsys)

@@ -19,6 +19,23 @@ Model = Annotated[Path, typer.Argument(help="The ONNX model file.", show_default
 Json = Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
 
+def same_file(a: Path | None, b: Path | None) -> bool:
+    return a is not None and b is not None and a.exists() and b.exists() and a.resolve() == b.resolve()
+
+
+def refuse_output_over_inputs(out: Path | None, reads: list[tuple[str, Path | str]]) -> None:
+    """An output naming a file the command reads (its data, its recipe, the model it copies
+    from) would replace what it is computed from: refused, with --force too. ``reads`` pairs
+    what a file is ("a data file") with its path; a data folder stands for its .npy files."""
+    from onnxsurgeon.errors import InputError
+
+    for what, path in reads:
+        path = Path(path)
+        for f in sorted(path.glob("*.npy")) if path.is_dir() else [path]:
+            if same_file(f, out):
+                raise InputError(f"the output {out} is {what} of this command", "write to another file")
+
+
 app = typer.Typer(
     name="onnxsurgeon",
     help=(

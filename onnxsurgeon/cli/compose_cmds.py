@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from onnxsurgeon.cli import output
-from onnxsurgeon.cli.app import Json, Quiet, app
+from onnxsurgeon.cli.app import Json, Quiet, app, refuse_output_over_inputs
 from onnxsurgeon.errors import InputError
 
 
@@ -35,6 +35,7 @@ def compose(
 
     if out_path is None and not dry_run:
         raise InputError("no output file given", "add -o OUT.onnx, or --dry-run to see the plan")
+    refuse_output_over_inputs(out_path, [("the recipe", recipe)])
     model, report = build(recipe, seed=seed)
     if out_path is not None and not force:
         _refuse_overwriting_a_source(recipe, out_path, [p.source for p in report.pieces])

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from onnxsurgeon.cli import output
-from onnxsurgeon.cli.app import Json, Quiet, app
+from onnxsurgeon.cli.app import Json, Quiet, app, refuse_output_over_inputs
 from onnxsurgeon.errors import CheckFailed, InputError
 
 
@@ -63,6 +63,8 @@ def extract(
         raise InputError("no --out given", "name the values the piece computes with --out NAME")
     if out_path is not None and not force and out_path.exists() and model.exists() and out_path.resolve() == model.resolve():
         raise InputError(f"the output {out_path} is the input model", "write to another file, or pass --force to replace it")
+    if data is not None:
+        refuse_output_over_inputs(out_path, [("the --data file", data)])
     source = osg.load(model)
     sample = load_data(str(data)) if data is not None else None
     provenance = {"file": model.name, **serde.fingerprint(model)}

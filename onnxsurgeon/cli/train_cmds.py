@@ -12,16 +12,12 @@ from typing import Annotated, Any
 import typer
 
 from onnxsurgeon.cli import output
-from onnxsurgeon.cli.app import Json, Model, Quiet, app
+from onnxsurgeon.cli.app import Json, Model, Quiet, app, refuse_output_over_inputs, same_file
 from onnxsurgeon.errors import CheckFailed, InputError
 
 Fixed = Annotated[list[str] | None, typer.Option("--fixed", help="A data array fed whole at every step (not per example: a sample rate, a trip count). Repeat for several.", show_default=False)]
 DataHelp = "Repeat, or a glob, for several files forming one data set; .npy and stored .npz members are memory-mapped."
 BatchAxis = Annotated[list[str] | None, typer.Option("--batch-axis", help="NAME=AXIS: that array holds its examples on AXIS (a state [2,N,128]: state=1). Repeat for several.", show_default=False)]
-
-
-def _same_file(a: Path, b: Path | None) -> bool:
-    return b is not None and a.exists() and b.exists() and a.resolve() == b.resolve()
 
 
 def _keep(text: str) -> int | None:
@@ -176,7 +172,7 @@ def train(
     world = distributed.from_environment()  # several ranks under mpiexec/srun; rank 0 alone writes and prints
     if out_path is None and not dry_run:
         raise InputError("no output file given", "add -o TRAINED.onnx, or --dry-run to only check")
-    if not force and _same_file(model, out_path):
+    if not force and same_file(model, out_path):
         raise InputError(f"the output {out_path} is the input model", "write to another file, or pass --force to replace it")
     if out_path is not None and not dry_run:
         serde.check_output(out_path)  # before the run, not after it
@@ -193,6 +189,7 @@ def train(
     source = osg.load(model)
     arrays = _open(data, quiet)
     val_arrays = _open(val, quiet) if val else None
+    refuse_output_over_inputs(out_path, [("a data file", f) for f in (*arrays.files, *(val_arrays.files if val_arrays else ()))])
     if dry_run:
         compiled = compile_training(source, arrays, settings.loss, settings.metrics, settings.freeze, settings.layout)
         checked = data_mod.check(arrays, compiled.wanted, arrays.label, settings.batch_size, settings.layout)
@@ -394,11 +391,7 @@ def run_(
         raise InputError(f"--batch-size must be at least 1, not {batch_size}")
     serde.check_output(out_path)
     arrays = _open(data, quiet)
-    read = [m for f in map(Path, arrays.files) for m in (sorted(f.glob("*.npy")) if f.is_dir() else [f])]
-    for given in (model, *read):
-        if _same_file(given, out_path):  # the outputs would replace what they are computed from
-            what = "the model" if given is model else "a data file"
-            raise InputError(f"the output {out_path} is {what} of this run", "write the outputs to another file")
+    refuse_output_over_inputs(out_path, [("the model", model), *(("a data file", f) for f in arrays.files)])
     shapes = run_to_file(osg.load(model), arrays, out_path, outputs or (), batch_size, label=arrays.label,
                          fixed=layout.fixed, batch_axes=layout.batch_axes, write=not dry_run)
     extra = {"layout": layout.to_dict()} if layout else {}
@@ -437,10 +430,12 @@ def transfer(
 
     if out_path is None and not dry_run:
         raise InputError("no output file given", "add -o OUT.onnx, or --dry-run to only look")
-    if not force and _same_file(target, out_path):
+    if not force and same_file(target, out_path):
         raise InputError(f"the output {out_path} is the --to model", "write to another file, or pass --force to replace it")
     if not source.exists():
         raise InputError(f"no such file: {source}", "check the path of --from")
+    if not same_file(source, target):  # --from is --to: the --to rule above decides
+        refuse_output_over_inputs(out_path, [("the --from model", source)])
     src = weights.from_checkpoint(source) if source.suffix == ".ckpt" else osg.load(source)
     result, report = run_transfer(src, osg.load(target), maps or ())
     nothing = not report.matched
