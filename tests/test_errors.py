@@ -753,6 +753,16 @@ def test_train_bad_settings(ae_data, tmp_path, capsys, args, words):
     assert_not_written(out)
 
 
+def test_train_more_threads_than_cores(ae_data, tmp_path, capsys):
+    """onnxruntime with far more threads than cores only slows down (1,000 took over a
+    minute to start on 2 cores): refused, naming the cores there are."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    out = tmp_path / "t.onnx"
+    code, _, err = run(train_argv(ae_data, out, "--threads", cores + 1), capsys)
+    assert_error(code, err, BAD_INPUT, f"--threads {cores + 1} is more than the {cores} cores")
+    assert_not_written(out)
+
+
 def test_train_op_without_gradient(tmp_path, capsys):
     w = np.ones((2, 2), np.float32)
     model = tiny_model([helper.make_node("MatMul", ["x", "W1"], ["h"]), helper.make_node("Shrink", ["h"], ["y"], name="act")], {"W1": w})

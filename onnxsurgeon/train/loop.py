@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import hashlib
 import math
+import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -80,6 +81,9 @@ class TrainSettings:
             problems.append("--max-steps must be >= 0")
         if self.threads < 1:
             problems.append("--threads must be at least 1")
+        elif self.threads > _cores():
+            # more threads than cores only slows onnxruntime down: thousands take minutes to start
+            problems.append(f"--threads {self.threads} is more than the {_cores()} cores this process may use")
         if self.seed < 0:
             problems.append(f"--seed must be a non-negative integer, not {self.seed}")
         if (self.resume or self.checkpoint_every) and not self.checkpoint_dir:
@@ -91,6 +95,13 @@ class TrainSettings:
     @property
     def layout(self) -> data_mod.Layout:
         return data_mod.Layout(self.fixed, self.batch_axes)
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # the cores this process may run on (taskset, containers)
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 @dataclass(frozen=True)
