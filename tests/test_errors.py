@@ -909,6 +909,33 @@ def test_train_into_a_read_only_folder_is_refused_before_training(ae_data, tmp_p
     assert list(read_only.iterdir()) == []
 
 
+def test_train_outputs_that_collide_are_refused_before_training(ae_data, tmp_path, capsys, monkeypatch):
+    """-o, --log, --plot and --checkpoint-dir naming one path, or --log naming the model or
+    a data file: refused before the first step (the log was appended to the model, -o over
+    the checkpoint folder failed after the whole run)."""
+    from onnxsurgeon.train import loop
+
+    def never(*args, **kw):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(loop, "train", never)
+    model = tmp_path / "m.onnx"
+    shutil.copy(AE, model)
+    same = tmp_path / "same"
+    for args, words in [
+        (["-o", same, "--checkpoint-dir", same], "-o and --checkpoint-dir name the same path"),
+        (["-o", same, "--log", same], "-o and --log name the same path"),
+        (["-o", same, "--plot", same], "-o and --plot name the same path"),
+        (["-o", tmp_path / "t.onnx", "--log", model], "is the model of this command"),
+        (["-o", tmp_path / "t.onnx", "--log", ae_data], "is a data file of this command"),
+    ]:
+        before = sha256(model), sha256(ae_data)
+        argv = ["train", model, "--data", ae_data, "--loss", "mse(output, features)", *args]
+        code, _, err = run(argv, capsys)
+        assert_error(code, err, BAD_INPUT, words)
+        assert (sha256(model), sha256(ae_data)) == before and not same.exists()
+
+
 def test_no_output_over_a_file_the_command_reads(ae_data, tmp_path, capsys):
     """-o naming a file the command reads (run's model and data, also inside a --data
     folder; train's --data and --val; extract's --data; compose's recipe; transfer's --from)

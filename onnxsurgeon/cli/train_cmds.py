@@ -189,7 +189,6 @@ def train(
     source = osg.load(model)
     arrays = _open(data, quiet)
     val_arrays = _open(val, quiet) if val else None
-    refuse_output_over_inputs(out_path, [("a data file", f) for f in (*arrays.files, *(val_arrays.files if val_arrays else ()))])
     if dry_run:
         compiled = compile_training(source, arrays, settings.loss, settings.metrics, settings.freeze, settings.layout)
         checked = data_mod.check(arrays, compiled.wanted, arrays.label, settings.batch_size, settings.layout)
@@ -216,6 +215,17 @@ def train(
 
     if log is None:
         log = (checkpoint_dir / "metrics.jsonl") if checkpoint_dir is not None else out_path.with_name(out_path.stem + ".metrics.jsonl")  # type: ignore[union-attr]
+    written = {"-o": out_path, "--log": log, "--plot": plot, "--checkpoint-dir": checkpoint_dir}
+    data_files = [("a data file", f) for f in (*arrays.files, *(val_arrays.files if val_arrays else ()))]
+    for option, path in written.items():
+        if option != "--checkpoint-dir":  # -o over the model: the --force rule above
+            refuse_output_over_inputs(path, data_files if option == "-o" else [("the model", model), *data_files])
+    seen: dict[Path, str] = {}
+    for option, path in written.items():
+        if path is not None:
+            other = seen.setdefault(path.resolve(), option)
+            if other != option:
+                raise InputError(f"{other} and {option} name the same path {path}", f"give {other} and {option} paths of their own")
     if checkpoint_dir is not None:
         from onnxsurgeon.train import checkpoint
 
