@@ -850,6 +850,7 @@ def read_only(tmp_path, monkeypatch):
 
     folder = tmp_path / "ro"
     folder.mkdir()
+    shutil.copy(AE, folder / "model.onnx")  # a model that lies there
     folder.chmod(0o555)
     try:
         (folder / "probe").touch()
@@ -906,7 +907,15 @@ def test_train_into_a_read_only_folder_is_refused_before_training(ae_data, tmp_p
         code, _, err = run(train_argv(ae_data, out, "--checkpoint-dir", ck), capsys)
         assert_error(code, err, BAD_INPUT, f"cannot write checkpoints in {ck}", "Permission denied", hint=("--checkpoint-dir",))
     assert_not_written(out)
-    assert list(read_only.iterdir()) == []
+    assert [p.name for p in read_only.iterdir()] == ["model.onnx"]
+
+
+def test_default_output_in_a_read_only_folder_points_at_o(capsys, read_only):
+    """Without -o the piece goes beside the model; where that folder cannot be written, the
+    hint is -o (the user chose no folder), and nothing is written."""
+    code, _, err = run(["extract", read_only / "model.onnx", "--in", "input", "--out", "L4.y"], capsys)
+    assert_error(code, err, BAD_INPUT, "cannot write", "the default output of this cut", hint=("pass -o OUT.onnx",))
+    assert [p.name for p in read_only.iterdir()] == ["model.onnx"]
 
 
 def test_train_outputs_that_collide_are_refused_before_training(ae_data, tmp_path, capsys, monkeypatch):

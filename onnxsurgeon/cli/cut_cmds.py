@@ -81,6 +81,11 @@ def extract(
             )
         if out_path.resolve() == model.resolve():  # cannot happen by construction; never risk it
             raise InputError(f"the output {out_path} is the input model", "write to another file with -o OUT.onnx")
+        if not dry_run:
+            try:
+                serde.check_output(out_path)
+            except InputError as e:  # the user chose no folder: the way out is -o
+                raise InputError(f"{e.message} (the default output of this cut, beside the model)", "pass -o OUT.onnx to write elsewhere") from None
     for w in report.warnings:
         if not quiet:
             output.warn(w)
