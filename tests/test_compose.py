@@ -471,10 +471,17 @@ def test_bad_recipe_exits_2_with_line_and_column(cli, tmp_path, case):
     assert not out.exists() and list(tmp_path.iterdir()) == [recipe]
 
 
-def test_a_folder_as_the_recipe_is_named_a_folder(cli, tmp_path):
+def test_a_folder_as_the_recipe_or_a_piece_model_is_named_a_folder(cli, tmp_path):
     code, _, err = cli("compose", tmp_path, "-o", tmp_path / "net.onnx")
     assert code == 2 and f"{tmp_path} is a directory, not a recipe file" in err, err
     assert "hint: name the .toml file inside it" in err
+    (tmp_path / "models").mkdir()
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('[inputs]\nf = "float32[N,40]"\n[pieces.p]\nmodel = "models"\ninputs = ["features"]\noutputs = ["logits"]\n'
+                      '[outputs]\nz = "p(f)"\n')
+    code, _, err = cli("compose", recipe, "-o", tmp_path / "net.onnx")
+    assert code == 2 and f"{recipe}:4:9: piece 'p': models is a directory, not an ONNX model file" in err, err
+    assert "hint: name the .onnx file inside it" in err
 
 
 @pytest.mark.parametrize("type_text", ["float32", "int64"])

@@ -190,6 +190,8 @@ class _Recipe:
             check_identifier(key, "a piece")
         with self.at(self.value_pos("pieces", key, file_key)):
             path = self.base_dir / spec[file_key]
+            if path.is_dir():
+                raise InputError(f"piece {key!r}: {spec[file_key]} is a directory, not an ONNX model file ({path.resolve()})", "name the .onnx file inside it")
             if not path.is_file():
                 raise InputError(f"piece {key!r}: no such model file: {spec[file_key]} ({path.resolve()})", "paths in a recipe are relative to the recipe file")
         with self.at(where):
