@@ -147,9 +147,11 @@ class TypePass:
         if t is not None:
             dims = tuple(t.dims)
             vi = self.listed.get(name)
-            if vi is not None and vi.type.SerializeToString() != onnx.helper.make_tensor_type_proto(t.data_type, dims).SerializeToString():
-                self.ids[name] = UNKNOWN  # inference takes the declared type (and merges what writes it)
-                return UNKNOWN
+            if vi is not None:  # also a graph input: whole-graph inference takes the type it declares
+                own = onnx.helper.make_tensor_type_proto(t.data_type, dims)
+                if vi.type.SerializeToString() != own.SerializeToString():
+                    self.ids[name] = UNKNOWN
+                    return UNKNOWN
             if big_initializer(t, dims):  # only its type, like any other value's
                 tk = (t.data_type, dims)
                 k = self.tensor_types.get(tk)
