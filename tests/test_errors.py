@@ -1006,6 +1006,16 @@ def test_transfer_strict_and_bad_map(tmp_path, capsys):
     assert_not_written(out)
 
 
+def test_transfer_to_an_output_it_cannot_write_says_so_first(tmp_path, capsys):
+    """The report (its table, or --json with "written") came first, then the refusal: the
+    JSON on stdout named a file that was never written."""
+    for args in ([], ["--json"]):
+        out = tmp_path / "nodir" / "x.onnx"
+        code, stdout, err = run(["transfer", "--from", AE, "--to", AE, "-o", out, *args], capsys)
+        assert_error(code, err, BAD_INPUT, "folder", "does not exist", hint=("create the folder",))
+        assert stdout == ""
+
+
 def test_model_beside_a_data_file_of_another_save(tmp_path, capsys):
     # What a writer killed between its two renames leaves: the old model, the new data.
     model = serde.load(AE_EXT)

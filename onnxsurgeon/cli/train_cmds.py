@@ -446,6 +446,8 @@ def transfer(
         raise InputError(f"no such file: {source}", "check the path of --from")
     if not same_file(source, target):  # --from is --to: the --to rule above decides
         refuse_output_over_inputs(out_path, [("the --from model", source)])
+    if not dry_run:
+        serde.check_output(out_path)  # before the report, which says where it is written
     src = weights.from_checkpoint(source) if source.suffix == ".ckpt" else osg.load(source)
     result, report = run_transfer(src, osg.load(target), maps or ())
     nothing = not report.matched
