@@ -211,3 +211,19 @@ def test_names_a_narrow_stdout_encoding_cannot_hold(tmp_path):
             done = subprocess.run([sys.executable, "-m", "onnxsurgeon", *map(str, argv)], capture_output=True, env=env, timeout=120)
             assert done.returncode == 0, done.stderr.decode(errors="replace")
             assert b"\\u5c64" in done.stdout
+
+
+def test_a_closed_stderr_keeps_messages_out_of_stdout(tmp_path):
+    """With stderr closed (2>&-), Python's print(file=None) fell back to stdout: the error
+    text landed where a script reads its data (--json). Now it goes nowhere; the exit code
+    still tells."""
+    import os
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    for argv in (["info", tmp_path / "nope.onnx", "--json"], ["bogus"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "onnxsurgeon", *map(str, argv)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONPATH": str(root)}, preexec_fn=lambda: os.close(2), timeout=120,
+        )
+        assert (done.returncode, done.stdout) == (2, b""), (argv, done.stdout)

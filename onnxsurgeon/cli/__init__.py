@@ -7,6 +7,7 @@ environment problem, 4 internal error (a bug), 130 interrupted.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import traceback
@@ -23,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from onnxsurgeon.cli.app import UsageError, app
 
+    if sys.stderr is None:  # closed (2>&-): diagnostics go nowhere, and never into stdout's data
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - for the rest of the process
     previous = _terminate_as_interrupt()
     try:
         result = app(args=argv, standalone_mode=False, prog_name="onnxsurgeon")
