@@ -22,7 +22,7 @@ from typing import BinaryIO
 import onnx
 from google.protobuf.message import DecodeError
 
-from onnxsurgeon import dtypes, faults, meta, wire
+from onnxsurgeon import dtypes, faults, formats, meta, wire
 from onnxsurgeon.errors import InputError
 
 # Tensors at least this large go to the external data file when a model is written with
@@ -66,10 +66,9 @@ def _read_lazily(path: Path) -> onnx.ModelProto:
     try:
         model = wire.read_lazily(path, LAZY_TENSOR_SIZE)
     except (ValueError, IndexError, DecodeError, RuntimeError):
-        raise InputError(
-            f"{path} is not an ONNX model: its bytes do not parse (truncated or another format)",
-            "re-export or re-download the model",
-        ) from None
+        with open(path, "rb") as f:
+            head = f.read(256)
+        raise formats.not_onnx(str(path), head, f"{path} {formats.UNPARSED}") from None
     return _check_parsed(model, str(path))
 
 
@@ -80,10 +79,9 @@ def parse(data: bytes, what: str = "model") -> onnx.ModelProto:
     try:
         model.ParseFromString(data)
     except (DecodeError, RuntimeError, ValueError):
-        raise InputError(
-            f"{what} is not an ONNX model: its bytes do not parse (truncated or another format)",
-            "re-export or re-download the model",
-        ) from None
+        raise formats.not_onnx(what, data[:256], f"{what} {formats.UNPARSED}") from None
+    if model.ir_version <= 0 or not model.HasField("graph") or not model.opset_import:
+        raise formats.not_onnx(what, data[:256], f"{what} {formats.INCOMPLETE}")
     return _check_parsed(model, what, text_ok)
 
 
@@ -91,10 +89,7 @@ def _check_parsed(model: onnx.ModelProto, what: str, text_ok: bool = False) -> o
     # A truncated file can still parse when it ends on a field boundary; the graph and the
     # opset list are written before anything optional, so their absence gives it away.
     if model.ir_version <= 0 or not model.HasField("graph") or not model.opset_import:
-        raise InputError(
-            f"{what} is not an ONNX model (no IR version, graph or opset import: truncated or another format)",
-            "re-export or re-download the model",
-        )
+        raise formats.not_onnx(what, b"", f"{what} {formats.INCOMPLETE}")
     bad = None if text_ok else invalid_text(model)
     if bad is not None:
         where, value = bad

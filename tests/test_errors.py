@@ -141,6 +141,34 @@ def test_not_an_onnx_file(tmp_path, capsys, content):
     assert_not_written(out)
 
 
+def _other_formats():
+    import gzip
+    import io
+
+    from google.protobuf import json_format
+
+    m = onnx.load(AE)
+    npz = io.BytesIO()
+    np.savez(npz, input=np.zeros((2, 64), np.float32))
+    return [
+        pytest.param(gzip.compress(AE.read_bytes()), "a gzip-compressed file", "gunzip", id="gzip"),
+        pytest.param(npz.getvalue(), "a zip archive", "torch.onnx.export", id="zip"),
+        pytest.param(str(m).encode(), "protobuf's text format", "format='textproto'", id="textproto"),
+        pytest.param(json_format.MessageToJson(m).encode(), "in JSON", "format='json'", id="json"),
+        pytest.param(onnx.printer.to_text(m).encode(), "ONNX's text syntax", "onnx.parser.parse_model", id="onnx-text"),
+    ]
+
+
+@pytest.mark.parametrize("content, what, fix", _other_formats())
+def test_a_model_in_another_format_is_named_with_the_way_out(tmp_path, capsys, content, what, fix):
+    """A model gzipped, zipped or saved in one of ONNX's text formats: the message says which,
+    and the hint how to get the binary model ("re-export or re-download" was no way out)."""
+    model = tmp_path / "model.onnx"
+    model.write_bytes(content)
+    code, _, err = run(["info", model], capsys)
+    assert_error(code, err, BAD_INPUT, f"model.onnx is {what}" if what.startswith("a ") else what, hint=(fix,))
+
+
 def test_truncated_model_first_half(tmp_path, capsys):
     data = AE.read_bytes()
     model = tmp_path / "half.onnx"
