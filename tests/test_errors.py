@@ -791,6 +791,19 @@ def test_train_more_threads_than_cores(ae_data, tmp_path, capsys):
     assert_not_written(out)
 
 
+def test_every_name_miss_is_reported_at_once(ae_data, tmp_path, capsys):
+    """SPEC 1: every miss of one command at once. train reported an unmatched --freeze
+    pattern and hid the loss's unknown names behind it; run --out stopped at its first miss."""
+    out = tmp_path / "t.onnx"
+    code, _, err = run(["train", AE, "--data", ae_data, "--loss", "mse(outptu, features)", "--freeze", "nothing*", "-o", out], capsys)
+    assert_error(code, err, BAD_INPUT, "2 problems with the names given", "--freeze pattern matched no parameter: nothing*",
+                 "unknown name in the loss or metrics: 'outptu' (did you mean 'output'?)", hint=("onnxsurgeon params", "an output of the model"))
+    assert_not_written(out)
+    code, _, err = run(["run", AE, "--data", ae_data, "--out", "nope", "--out", "L4_yy", "-o", tmp_path / "o.npz"], capsys)
+    assert_error(code, err, BAD_INPUT, "2 names could not be resolved", "'nope'", "'L4_yy'; did you mean 'L4.y'")
+    assert_not_written(tmp_path / "o.npz")
+
+
 def test_train_op_without_gradient(tmp_path, capsys):
     w = np.ones((2, 2), np.float32)
     model = tiny_model([helper.make_node("MatMul", ["x", "W1"], ["h"]), helper.make_node("Shrink", ["h"], ["y"], name="act")], {"W1": w})

@@ -125,7 +125,7 @@ def run_batches(
     batch of all examples without `batch_size`). Everything is checked before it returns."""
     view = modes.inference_view(model)
     index = GraphIndex(view.graph)
-    wanted_values = [Resolver(index).resolve(n).value for n in outputs] if outputs else [o.name for o in view.graph.output]
+    wanted_values = [r.value for r in Resolver(index).resolve_all(list(outputs))] if outputs else [o.name for o in view.graph.output]
     declared = {o.name for o in view.graph.output}
     for v in wanted_values:
         if v not in declared:

@@ -183,15 +183,26 @@ def compile_training(
     freeze: tuple[str, ...] = (), layout: data_mod.Layout | None = None,
 ) -> Compiled:
     """Prepare `model`, compile `loss` and `metrics` into it and decide what is trained."""
-    frozen = prepare.frozen_names(model, freeze)
+    try:
+        frozen, unmatched = prepare.frozen_names(model, freeze), None
+    except InputError as e:  # reported with the loss's unknown names, if any: every miss at once
+        frozen, unmatched = prepare.frozen_names(model), e
     layout = layout or data_mod.Layout()
     prepared, prep = prepare.prepare(model, frozen, data_mod.fixed_values(model, arrays, layout))
     prepare.pin_shapes(prepared, arrays, layout.bind(list(arrays))[0])
     params = prepare.candidates(prepared, frozen, prep.running_stats)
     read = losses.names_read([loss, *metrics])
     model_values, data_names, missing = losses.split_names(prepared, read, arrays)
+    problems = [unmatched] if unmatched else []
     if missing:
-        raise losses.unknown_names_error(missing, prepared, arrays, "the data")
+        problems.append(losses.unknown_names_error(missing, prepared, arrays, "the data"))
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        raise InputError(
+            f"{len(problems)} problems with the names given:\n" + "\n".join(f"  - {e.message}" for e in problems),
+            "; ".join(e.hint for e in problems if e.hint),
+        )
     axes, _ = (layout or data_mod.Layout()).bind(list(arrays))
     batch = losses.batch_symbol(prepared, axes)
     float_elem = _float_elem(prepared)
