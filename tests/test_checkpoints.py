@@ -133,6 +133,29 @@ def test_resume_on_other_data_of_the_same_size_is_reported(tmp_path):
     assert any("on other data than its run" in w and "differs from an uninterrupted run" in w for w in report.warnings), report.warnings
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="flock")
+def test_a_run_into_a_folder_another_run_is_writing_is_refused(tmp_path):
+    """Two runs started into one --checkpoint-dir before either wrote a checkpoint both
+    passed the "another run's checkpoints" check and wrote over each other's step files
+    and log. The running one holds the folder (an flock on it, as another process would)."""
+    import fcntl
+    import os
+
+    folder = tmp_path / "ck"
+    folder.mkdir()
+    other = os.open(folder, os.O_RDONLY)  # the run already writing there
+    fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        with pytest.raises(InputError, match="is in use by another training run") as e:
+            train(mlp(), DATA, settings(folder, epochs=1))
+        assert "another --checkpoint-dir" in e.value.hint and list(folder.iterdir()) == []
+    finally:
+        os.close(other)
+    train(mlp(), DATA, settings(folder, epochs=1))  # once it ended
+    train(mlp(), DATA, settings(folder, epochs=2, resume=True))  # and the lock went with each run
+    assert steps(folder) == [10, 5]
+
+
 def test_the_model_changed_says_what(tmp_path):
     folder = tmp_path / "ck"
     train(mlp(), DATA, settings(folder, epochs=1, max_steps=2))

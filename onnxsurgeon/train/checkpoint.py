@@ -70,6 +70,36 @@ def make_folder(folder: str | os.PathLike) -> Path:
     return folder
 
 
+class FolderLock:
+    """Held by the run that writes a checkpoint folder for as long as it runs, so that a
+    second run started into the same folder meanwhile is refused instead of writing over the
+    first one's checkpoints (neither finds the other's before the first checkpoint). An
+    flock on the folder itself: no file is left, and the system drops it when a run dies."""
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.folder = Path(folder)
+        self.fd: int | None = None
+        try:
+            import fcntl
+        except ImportError:  # no flock on this system: unguarded, as before
+            return
+        fd = os.open(self.folder, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise InputError(
+                f"{self.folder} is in use by another training run (it is writing its checkpoints there now)",
+                "wait until that run ends (then --resume continues it), or give this run another --checkpoint-dir",
+            ) from None
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
 def file_name(step: int) -> str:
     return f"step-{step:09d}.ckpt"
 

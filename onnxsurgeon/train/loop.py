@@ -278,10 +278,14 @@ def train(
         quiet = progress is None or not world.root  # rank 0 alone reports
         run = _Run(paths, compiled, settings, train_set, val_set, (lambda e: None) if quiet else progress, stop, Path(work), world,
                    data_rows=fingerprint["data (first rows)"])
-        run.start()
-        run.loop()
-        values = run.values()
-        report = run.report()
+        try:
+            run.start()
+            run.loop()
+            values = run.values()
+            report = run.report()
+        finally:
+            if run.lock is not None:
+                run.lock.release()
     record = {
         "steps": report.steps, "epochs": report.epochs_done, "loss": settings.loss,
         "optimizer": settings.optimizer.to_dict(), "graph_sha256": compiled.sha256, "onnxsurgeon": __version__,
@@ -319,6 +323,7 @@ class _Run:
     def __init__(self, paths, compiled: Compiled, settings: TrainSettings, train_set, val_set, progress: Progress, stop, work: Path,
                  world: distributed.World = distributed.SINGLE, data_rows: str | None = None) -> None:
         self.paths, self.compiled, self.settings, self.world = paths, compiled, settings, world
+        self.lock: checkpoint.FolderLock | None = None
         self.data_rows = data_rows  # a digest of the training data's first rows
         self.train_set, self.val_set = train_set, val_set
         self.progress, self.stop, self.work = progress, stop, work
@@ -412,6 +417,7 @@ class _Run:
         folder = self.settings.checkpoint_dir
         if folder is not None:
             checkpoint.make_folder(folder)
+            self.lock = checkpoint.FolderLock(folder)  # released by train() when the run ends
         found = None
         if self.settings.resume_from is not None:
             if not Path(self.settings.resume_from).is_file():
