@@ -13,6 +13,7 @@ from onnxsurgeon import datafiles, dtypes, meta, modes, runtime, serde
 from onnxsurgeon.arrays import random_inputs
 from onnxsurgeon.errors import InputError
 from onnxsurgeon.graph import GraphIndex, upstream
+from onnxsurgeon.names import alias
 
 
 @dataclass(frozen=True)
@@ -103,13 +104,18 @@ def verify(
     if data is None:
         feeds = random_inputs(original, seed)
     else:
-        absent = [n for n in index.inputs if n not in data]
+        by_alias: dict[str, list[str]] = {}
+        for key in data:
+            by_alias.setdefault(alias(key), []).append(key)
+        # an array is named after its input, or after its alias (input_0 for input:0), as in train, eval and run
+        found = {n: [n] if n in data else by_alias.get(alias(n), []) for n in index.inputs}
+        absent = [n for n, hits in found.items() if len(hits) != 1]
         if absent:
             raise InputError(
                 "the data has no array for input " + ", ".join(map(repr, absent)),
-                f"name the arrays after the graph inputs: {', '.join(index.inputs)}",
+                f"name the arrays after the graph inputs (or their aliases): {', '.join(index.inputs)}",
             )
-        feeds = {n: data[n] for n in index.inputs}
+        feeds = {n: data[hits[0]] for n, hits in found.items()}
         _check_data(index, feeds)
     hint = (
         "check the arrays' shapes and types against the inputs listed by: onnxsurgeon info ORIGINAL"

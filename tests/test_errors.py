@@ -652,6 +652,23 @@ def test_verify_data_missing_an_input(tmp_path, capsys, piece):
     assert_error(code, err, BAD_INPUT, "no array for input 'input'", hint=("input",))
 
 
+def test_verify_data_named_by_alias(tmp_path, capsys):
+    """The alias rule holds for data arrays in verify as in train, eval and run: 'input_0'
+    feeds the input 'input:0' (verify said the data had no array for it)."""
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["input:0", "W"], ["y:0"], name="mm")], "tf",
+        [helper.make_tensor_value_info("input:0", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y:0", TensorProto.FLOAT, ["N", 3])], [numpy_helper.from_array(np.ones((4, 3), np.float32), "W")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = save(model, tmp_path / "tf.onnx")
+    data = tmp_path / "d.npz"
+    np.savez(data, input_0=np.ones((2, 4), np.float32))
+    code, out, err = run(["verify", path, path, "--data", data], capsys)
+    assert code == OK and "ok" in out, err
+
+
 def test_verify_data_file_missing(tmp_path, capsys, piece):
     code, _, err = run(["verify", AE, piece, "--data", tmp_path / "nope.npz"], capsys)
     assert_error(code, err, BAD_INPUT, "no such file", "nope.npz")
