@@ -896,6 +896,9 @@ def test_train_refuses_an_output_it_cannot_write_before_training(ae_data, tmp_pa
         assert_error(code, err, BAD_INPUT, "as the checkpoint folder", "train.npz is a file", hint=("--checkpoint-dir",))
     code, _, err = run(train_argv(ae_data, out, "--log", tmp_path / "isdir"), capsys)
     assert_error(code, err, BAD_INPUT, "cannot write the log", "it is a directory", hint=("--log",))
+    (tmp_path / "t.onnx.data").mkdir()  # where --external-data (or weights past 2 GB) would go
+    code, _, err = run(train_argv(ae_data, out, "--external-data"), capsys)
+    assert_error(code, err, BAD_INPUT, "cannot write", "t.onnx.data: it is a directory", hint=("name a file",))
     assert_not_written(out)
 
 

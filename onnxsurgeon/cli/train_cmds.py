@@ -187,6 +187,8 @@ def train(
         fixed=tuple(fixed or ()), batch_axes=data_mod.Layout.parse((), batch_axis or ()).batch_axes,
     )
     source = osg.load(model)
+    if out_path is not None and not dry_run and (external_data or serde.weight_bytes(source) > serde.INLINE_LIMIT):
+        serde.check_output(out_path.with_name(out_path.name + ".data"))  # where the weights will go
     arrays = _open(data, quiet)
     val_arrays = _open(val, quiet) if val else None
     if dry_run:
