@@ -502,7 +502,7 @@ def save(model: onnx.ModelProto, path: str | os.PathLike[str], external_data: bo
     written to a temporary name in the same folder, flushed and renamed, so a reader never
     sees a half-written file; the data file is renamed before the model that refers to it.
     """
-    path = Path(path)
+    path = _through_link(Path(path))
     check_output(path)
     if external_data is None:
         external_data = weight_bytes(model) > INLINE_LIMIT
@@ -628,6 +628,8 @@ def check_output(path: str | os.PathLike[str]) -> None:
         raise InputError(f"cannot write {path}: folder {folder} does not exist", "create the folder first")
     if path.is_dir():
         raise InputError(f"cannot write {path}: it is a directory", "name a file to write")
+    if path.exists() and not path.is_file():  # the rename would replace a device or a pipe (/dev/null!)
+        raise InputError(f"cannot write {path}: it is not a regular file (a device or a pipe)", "name a file to write")
     try:  # what the write will do first: make a file in that folder (read-only, full, no rights)
         fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     except OSError as e:
@@ -636,9 +638,16 @@ def check_output(path: str | os.PathLike[str]) -> None:
     os.unlink(probe)
 
 
+def _through_link(path: Path) -> Path:
+    """An output that is a symbolic link is written at the file it points to: the rename
+    replaces that file and keeps the link (/dev/stdout, a link in /dev, stays what it is)."""
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
+
+
 def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> Path:
     """Write a file through ``write(f)`` under a temporary name beside it, flush and sync
     it, and rename it over ``path``: readers see the old file or the new one, never half."""
+    path = _through_link(Path(path))
     check_output(path)
     _commit(_write_temp(path, write), path)
     return path

@@ -492,6 +492,26 @@ def test_written_file_has_normal_permissions(tmp_path, capsys):
     assert stat.S_IMODE(out.stat().st_mode) == 0o644
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_output_that_is_a_pipe_or_a_link(tmp_path, capsys, ae_data):
+    """The atomic rename replaced whatever -o named: a pipe (and, run as root, a device:
+    `-o /dev/null` replaced /dev/null, `-o /dev/stdout` the link in /dev) became a regular
+    file. A pipe or device is refused; a link is written through, and stays a link."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    (tmp_path / "to_fifo.onnx").symlink_to(fifo)
+    for out in (fifo, tmp_path / "to_fifo.onnx"):
+        code, _, err = run(extract_argv(AE, out, "--in", "input", "--out", "L4.y"), capsys)
+        assert_error(code, err, BAD_INPUT, "it is not a regular file", hint=("name a file",))
+        assert stat.S_ISFIFO(os.stat(fifo).st_mode) and (tmp_path / "to_fifo.onnx").is_symlink()
+    real, link = tmp_path / "real.npz", tmp_path / "link.npz"
+    real.write_bytes(b"")
+    link.symlink_to(real)
+    code, _, err = run(["run", AE, "--data", ae_data, "-o", link], capsys)
+    assert code == OK, err
+    assert link.is_symlink() and set(np.load(real)) == {"output"}
+
+
 def test_output_folder_does_not_exist(tmp_path, capsys):
     out = tmp_path / "nodir" / "piece.onnx"
     code, _, err = run(extract_argv(AE, out, "--in", "input", "--out", "L4.y"), capsys)
