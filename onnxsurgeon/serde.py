@@ -23,7 +23,7 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from onnxsurgeon import dtypes, faults, formats, meta, wire
-from onnxsurgeon.errors import InputError
+from onnxsurgeon.errors import InputError, write_failed
 
 # Tensors at least this large go to the external data file when a model is written with
 # external data; smaller ones stay inline, as onnx does.
@@ -686,7 +686,7 @@ def _discarded_on_failure(tmp: str, path: Path) -> Iterator[None]:
     except BaseException as e:
         _discard(tmp)
         if isinstance(e, OSError):
-            raise InputError(f"cannot write {path}: {e.strerror}", "check free space and permissions") from None
+            raise write_failed(f"cannot write {path}", e) from None
         raise
 
 

@@ -543,8 +543,20 @@ def test_disk_full_while_writing(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(os, "fsync", full)
     out = tmp_path / "piece.onnx"
     code, _, err = run(extract_argv(AE, out, "--in", "input", "--out", "L4.y"), capsys)
-    assert_error(code, err, BAD_INPUT, "cannot write", "No space left", hint=("space",))
+    assert_error(code, err, ENVIRONMENT, "cannot write", "No space left", hint=("space",))
     assert_not_written(out)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full on this system")
+def test_disk_full_while_writing_the_training_log(tmp_path):
+    from onnxsurgeon.cli.train_cmds import _Log
+    from onnxsurgeon.errors import EnvironmentProblem
+
+    log = _Log(tmp_path / "log.jsonl")
+    log.file = open("/dev/full", "w", encoding="utf-8")  # every write there fails with ENOSPC
+    with pytest.raises(EnvironmentProblem, match="cannot write the log .*No space left") as caught:
+        log({"event": "step", "loss": 1.0})
+    assert caught.value.exit_code == ENVIRONMENT and "space" in caught.value.hint
 
 
 def test_interrupted_while_writing(tmp_path, capsys, monkeypatch):

@@ -19,7 +19,7 @@ what it must find there.
   not renamed: exactly the expected checkpoints are left, each reads cleanly, and
   ``train --resume`` resumes from the newest and ends with bit-for-bit the parameters of a
   run that was never interrupted.
-- ENOSPC raised by the write itself: a clean error, exit 2, the old file(s) intact and no
+- ENOSPC raised by the write itself: a clean error, exit 3 (the machine's problem), the old file(s) intact and no
   temporary file left.
 """
 
@@ -323,7 +323,7 @@ def test_disk_full_keeps_the_old_file(tmp_path, capsys, monkeypatch, external, b
     _full_disk_after(monkeypatch, budget)
     code = main(["extract", str(AE), "--in", "input", "--out", "L2.y", "-o", str(out), "--force", "-q", *args])
     err = capsys.readouterr().err
-    assert code == 2, err
+    assert code == 3, err
     assert err.startswith("onnxsurgeon: error: cannot write") and "No space left on device" in err and "Traceback" not in err
     assert {p.name: sha(p) for p in tmp_path.iterdir()} == before  # old files intact, no temporary file
     monkeypatch.undo()
@@ -353,7 +353,7 @@ def test_disk_full_on_a_small_tmpfs(tmp_path):
         proc = subprocess.run([sys.executable, "-m", "onnxsurgeon", "extract", str(AE), "--in", "input", "--out", "L7.y",
                                "-o", str(old), "--force"], capture_output=True, text=True,
                               env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=tmp_path)
-        assert proc.returncode == 2 and "No space left on device" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+        assert proc.returncode == 3 and "No space left on device" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
         assert sha(old) == before and not temps(mnt)
         figures.add("full-disk runs on a 1 MB tmpfs", 1)
     finally:

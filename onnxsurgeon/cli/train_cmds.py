@@ -13,7 +13,7 @@ import typer
 
 from onnxsurgeon.cli import output
 from onnxsurgeon.cli.app import Json, Model, Quiet, app, refuse_output_over_inputs, same_file
-from onnxsurgeon.errors import CheckFailed, InputError
+from onnxsurgeon.errors import CheckFailed, InputError, write_failed
 
 Fixed = Annotated[list[str] | None, typer.Option("--fixed", help="A data array fed whole at every step (not per example: a sample rate, a trip count). Repeat for several.", show_default=False)]
 DataHelp = "Repeat, or a glob, for several files forming one data set; .npy and stored .npz members are memory-mapped."
@@ -49,8 +49,11 @@ class _Log:
                 self.file = open(self.path, self.mode, encoding="utf-8")  # noqa: SIM115 - closed by close()
             except OSError as e:
                 raise InputError(f"cannot write the log {self.path}: {e.strerror}", "choose a writable --log") from None
-        self.file.write(json.dumps(dict(event, time=round(time.time(), 3)), default=str) + "\n")
-        self.file.flush()
+        try:
+            self.file.write(json.dumps(dict(event, time=round(time.time(), 3)), default=str) + "\n")
+            self.file.flush()
+        except OSError as e:
+            raise write_failed(f"cannot write the log {self.path}", e) from None
 
     def close(self) -> None:
         if self.file is not None:
