@@ -109,6 +109,18 @@ def test_resume_from_an_older_checkpoint(tmp_path):
     assert all(after(got)[k].tobytes() == v.tobytes() for k, v in after(straight).items())
     with pytest.raises(InputError, match="no such checkpoint file"):
         train(mlp(), DATA, TrainSettings(**BASE, resume_from=str(tmp_path / "nope.ckpt")))
+    with pytest.raises(InputError, match="is a folder, not a checkpoint file") as folder_given:
+        train(mlp(), DATA, TrainSettings(**BASE, resume_from=str(folder)))
+    assert f"--checkpoint-dir {folder} --resume" in folder_given.value.hint
+    model_file = tmp_path / "m.onnx"
+    onnx.save(mlp(), model_file)
+    with pytest.raises(InputError, match="is not an onnxsurgeon checkpoint .not a zip archive") as not_zip:
+        train(mlp(), DATA, TrainSettings(**BASE, resume_from=str(model_file)))
+    assert "step-*.ckpt" in not_zip.value.hint
+    cut_short = tmp_path / "short.ckpt"
+    cut_short.write_bytes(older.read_bytes()[:100])
+    with pytest.raises(InputError, match="is damaged or incomplete"):
+        train(mlp(), DATA, TrainSettings(**BASE, resume_from=str(cut_short)))
 
 
 def test_changed_settings_on_resume_are_reported_or_refused(tmp_path):

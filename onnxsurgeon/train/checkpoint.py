@@ -171,7 +171,22 @@ def read(path: str | os.PathLike) -> Checkpoint:
         return Checkpoint(path, meta, data["ort_state"], arrays)
     # A crafted meta.json may name members that are not there, or hold the wrong kinds.
     except (zipfile.BadZipFile, KeyError, ValueError, TypeError, OSError, EOFError, RecursionError) as e:
+        if isinstance(e, zipfile.BadZipFile) and not _starts_as_zip(path):
+            raise InputError(
+                f"{path} is not an onnxsurgeon checkpoint (not a zip archive: a model, or another file)",
+                "name a step-*.ckpt file of a checkpoint folder",
+            ) from None
         raise InputError(f"checkpoint {path} is damaged or incomplete ({type(e).__name__}: {e})") from None
+
+
+def _starts_as_zip(path: Path) -> bool:
+    """Whether a file begins as every zip archive written by zipfile does (a checkpoint cut
+    short still does)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"PK\x03\x04"
+    except OSError:
+        return True  # unreadable: reported as damaged, with the reason
 
 
 def newest_intact(folder: str | os.PathLike) -> tuple[Checkpoint | None, list[str]]:

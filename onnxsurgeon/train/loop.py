@@ -420,8 +420,14 @@ class _Run:
             self.lock = checkpoint.FolderLock(folder)  # released by train() when the run ends
         found = None
         if self.settings.resume_from is not None:
-            if not Path(self.settings.resume_from).is_file():
-                raise InputError(f"no such checkpoint file: {self.settings.resume_from}", "name a step-*.ckpt file of a checkpoint folder")
+            given = Path(self.settings.resume_from)
+            if given.is_dir():
+                raise InputError(
+                    f"--resume-from {given} is a folder, not a checkpoint file",
+                    f"name one of its step-*.ckpt files, or continue from its newest with --checkpoint-dir {given} --resume",
+                )
+            if not given.is_file():
+                raise InputError(f"no such checkpoint file: {given}", "name a step-*.ckpt file of a checkpoint folder")
             found = checkpoint.read(self.settings.resume_from)
             if folder is not None:
                 self._replaced = checkpoint.check_target(folder, found, self.settings.overwrite)
