@@ -197,6 +197,8 @@ def open_data(paths: str | Path | Sequence[str | Path]) -> DataFiles:
             shards.append((str(f), {m.stem: _npy(m) for m in members}))
         elif not f.exists():
             raise InputError(f"no such file: {f}", "check the path of the data file")
+        elif not f.is_file():  # a pipe (<(...)) or a device: arrays are read in place, at offsets
+            raise InputError(f"{f} is a pipe or a device, not a file: data is read in place, by offset", "save the data to a file first")
         elif f.suffix == ".npy":
             shards.append((str(f), {f.stem: _npy(f)}))
         else:

@@ -512,6 +512,18 @@ def test_output_that_is_a_pipe_or_a_link(tmp_path, capsys, ae_data):
     assert link.is_symlink() and set(np.load(real)) == {"output"}
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_data_from_a_pipe(tmp_path, capsys):
+    """--data <(cat x.npz) is a pipe: its arrays cannot be read at offsets. Refused by what it
+    is, without opening it (which would wait for a writer); it was 'not a zip of plain
+    numpy arrays', though it is one."""
+    fifo = tmp_path / "x.npz"
+    os.mkfifo(fifo)
+    code, _, err = run(["run", AE, "--data", fifo, "-o", tmp_path / "out.npz"], capsys)
+    assert_error(code, err, BAD_INPUT, "is a pipe or a device", hint=("save the data to a file",))
+    assert not (tmp_path / "out.npz").exists()
+
+
 def test_output_folder_does_not_exist(tmp_path, capsys):
     out = tmp_path / "nodir" / "piece.onnx"
     code, _, err = run(extract_argv(AE, out, "--in", "input", "--out", "L4.y"), capsys)
