@@ -21,6 +21,25 @@ def test_every_command_has_help_with_an_example(cli, command):
     assert "Example: onnxsurgeon " + command in " ".join(out.split())
 
 
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_takes_quiet(cli, command):
+    """SPEC 6: --quiet on every command (for nodes, params and info: the exit code alone)."""
+    code, out, _ = cli(command, "--help")
+    assert code == 0 and "--quiet" in out
+
+
+@pytest.mark.parametrize("command", ["nodes", "params", "info"])
+def test_a_quiet_listing_prints_nothing_and_still_fails_on_a_bad_model(cli, fixture_path, tmp_path, command):
+    code, out, err = cli(command, fixture_path("autoencoder.onnx"), "--quiet")
+    assert (code, out, err) == (0, "", "")
+    code, out, _ = cli(command, fixture_path("autoencoder.onnx"), "--quiet", "--json")
+    assert code == 0 and json.loads(out)  # --json is data asked for: printed all the same
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model")
+    code, out, err = cli(command, bad, "-q")
+    assert code == 2 and out == "" and "not an ONNX model" in err
+
+
 def test_extract_verify_params_info_round_trip(cli, fixture_path, tmp_path):
     src = fixture_path("autoencoder.onnx")
     feat = tmp_path / "feat.onnx"

@@ -7,8 +7,7 @@ from typing import Annotated
 import typer
 
 from onnxsurgeon.cli import output
-from onnxsurgeon.cli.app import Json, Model, app
-
+from onnxsurgeon.cli.app import Json, Model, Quiet, app
 
 
 @app.command()
@@ -17,6 +16,7 @@ def nodes(
     grep: Annotated[str | None, typer.Option("--grep", help="Only nodes with a name (or alias) matching this regular expression.")] = None,
     op: Annotated[str | None, typer.Option("--op", help="Only nodes of this op type, e.g. Conv.")] = None,
     as_json: Json = False,
+    quiet: Quiet = False,
 ) -> None:
     """List every node with its outputs, op, inputs and types: the names a cut can use.
 
@@ -28,13 +28,15 @@ def nodes(
     if as_json:
         output.emit_json(report.to_dict())
         return
+    if quiet:
+        return
     output.lines(line.text() for line in report.nodes)
     if grep or op:
         output.err.print(f"{len(report.nodes)} of {report.total} nodes", markup=False)
 
 
 @app.command()
-def params(model: Model, as_json: Json = False) -> None:
+def params(model: Model, as_json: Json = False, quiet: Quiet = False) -> None:
     """List every parameter with its type, shape, size, state (learnable, frozen, shared) and
     what training does with it (trained, updated statistics, or constant and why).
 
@@ -45,6 +47,8 @@ def params(model: Model, as_json: Json = False) -> None:
     report = osg.params(osg.load(model))
     if as_json:
         output.emit_json(report.to_dict())
+        return
+    if quiet:
         return
     t = output.table("name", "type", "shape", "size", "state", "training", "alias")
     for p in report.params:
@@ -66,6 +70,7 @@ def info(
     params: Annotated[str, typer.Option("--params", help="The cut's parameter mode.")] = "learnable",
     auto_inputs: Annotated[bool, typer.Option("--auto-inputs", help="Add graph inputs the outputs need, as for extract.")] = False,
     as_json: Json = False,
+    quiet: Quiet = False,
 ) -> None:
     """Summarise a model: inputs, outputs, versions, size, parameters, mode and provenance;
     with --in/--out, also the size of that piece and the memory cutting it needs.
@@ -77,6 +82,8 @@ def info(
     report = osg.info(osg.load(model), path=model, inputs=inputs, outputs=outputs, mode=params, auto_inputs=auto_inputs)
     if as_json:
         output.emit_json(report.to_dict())
+        return
+    if quiet:  # the exit code alone: the model loads (and the cut asked for can be made)
         return
     p = output.out.print
     p(f"file        {report.file} ({output.size(report.file_bytes or 0)})", markup=False)
