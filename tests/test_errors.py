@@ -863,6 +863,10 @@ def test_every_name_miss_is_reported_at_once(ae_data, tmp_path, capsys):
     code, _, err = run(["run", AE, "--data", ae_data, "--out", "nope", "--out", "L4_yy", "-o", tmp_path / "o.npz"], capsys)
     assert_error(code, err, BAD_INPUT, "2 names could not be resolved", "'nope'", "'L4_yy'; did you mean 'L4.y'")
     assert_not_written(tmp_path / "o.npz")
+    code, _, err = run(["train", AE, "--data", ae_data, "--loss", "mse(outptu, features)", "--fixed", "rate", "-o", out], capsys)
+    assert_error(code, err, BAD_INPUT, "2 problems with the names given", "'outptu'",
+                 "--fixed 'rate': the data holds no array of that name", hint=("--fixed and --batch-axis",))
+    assert_not_written(out)
 
 
 def test_train_op_without_gradient(tmp_path, capsys):

@@ -196,6 +196,10 @@ def compile_training(
     problems = [unmatched] if unmatched else []
     if missing:
         problems.append(losses.unknown_names_error(missing, prepared, arrays, "the data"))
+    if problems:  # a miss of --fixed or --batch-axis too (alone, the data check reports it)
+        _, misses = layout.bind(list(arrays))
+        if misses:
+            problems.append(InputError("; ".join(misses), "give --fixed and --batch-axis names of arrays in the data"))
     if len(problems) == 1:
         raise problems[0]
     if problems:
