@@ -210,11 +210,12 @@ def extract(
     # checker would parse for nothing). Renaming never touches those entries: they are not
     # ports (those inferred by the type pass can be: see above).
     overridden = [s.text for s in in_specs if s.type is not None]
-    if overridden and checks.checker_error(model) is None:
+    if overridden:
         # a new input type the operators cannot take (float16 into a MatMul with float32
-        # weights) passes shape inference on the piece and is found here: the user's to fix
+        # weights) passes shape inference on the piece and is found here: the user's to fix,
+        # unless the model fails the checker too (the model is checked only then: it is big)
         err = checks.checker_error(piece)
-        if err is not None:
+        if err is not None and checks.checker_error(model) is None:
             raise InputError(
                 f"the new input type {', '.join(map(repr, overridden))} does not fit the piece: {err}",
                 "check the type you gave, or cut so that the new type fits",
