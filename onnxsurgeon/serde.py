@@ -503,7 +503,7 @@ def save(model: onnx.ModelProto, path: str | os.PathLike[str], external_data: bo
     sees a half-written file; the data file is renamed before the model that refers to it.
     """
     path = _through_link(Path(path))
-    check_output(path)
+    _check_target(path)
     if external_data is None:
         external_data = weight_bytes(model) > INLINE_LIMIT
     if not external_data:
@@ -620,27 +620,27 @@ def _mode_for(path: Path) -> int:
 
 
 def check_output(path: str | os.PathLike[str]) -> None:
-    """Refuse an output path that cannot become a file: its folder is missing, or it is a
-    folder itself. Commands that work long before they write call it first."""
+    """Refuse an output path that cannot become a file; for commands that work long before they write."""
     path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
+    _check_target(path)
+    fd, probe = _temp_file(path)  # what the write does first (a folder read-only, full, no rights)
+    os.close(fd)
+    os.unlink(probe)
+
+
+def _check_target(path: Path) -> None:
+    """A folder to be in, and no folder, device or pipe where the rename puts the file."""
+    folder = path.parent
     if not folder.is_dir():
         raise InputError(f"cannot write {path}: folder {folder} does not exist", "create the folder first")
     if path.is_dir():
         raise InputError(f"cannot write {path}: it is a directory", "name a file to write")
     if path.exists() and not path.is_file():  # the rename would replace a device or a pipe (/dev/null!)
         raise InputError(f"cannot write {path}: it is not a regular file (a device or a pipe)", "name a file to write")
-    try:  # what the write will do first: make a file in that folder (read-only, full, no rights)
-        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    except OSError as e:
-        raise InputError(f"cannot write {path}: {e.strerror}", "choose a writable output folder") from None
-    os.close(fd)
-    os.unlink(probe)
 
 
 def _through_link(path: Path) -> Path:
-    """An output that is a symbolic link is written at the file it points to: the rename
-    replaces that file and keeps the link (/dev/stdout, a link in /dev, stays what it is)."""
+    """A symbolic link is written through: the rename replaces its target, the link stays."""
     return Path(os.path.realpath(path)) if path.is_symlink() else path
 
 
@@ -648,18 +648,14 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> Path:
     """Write a file through ``write(f)`` under a temporary name beside it, flush and sync
     it, and rename it over ``path``: readers see the old file or the new one, never half."""
     path = _through_link(Path(path))
-    check_output(path)
+    _check_target(path)
     _commit(_write_temp(path, write), path)
     return path
 
 
 def _write_temp(path: Path, write: Callable[[BinaryIO], object]) -> str:
     """Write, flush and sync a temporary file beside ``path``; return its name."""
-    folder = path.parent if str(path.parent) else Path(".")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    except OSError as e:
-        raise InputError(f"cannot write {path}: {e.strerror}", "choose a writable output folder") from None
+    fd, tmp = _temp_file(path)
     with _discarded_on_failure(tmp, path):
         os.fchmod(fd, _mode_for(path))
         with os.fdopen(fd, "wb") as f:
@@ -668,6 +664,13 @@ def _write_temp(path: Path, write: Callable[[BinaryIO], object]) -> str:
             os.fsync(f.fileno())
     faults.reached("synced")
     return tmp
+
+
+def _temp_file(path: Path) -> tuple[int, str]:
+    try:
+        return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise InputError(f"cannot write {path}: {e.strerror}", "choose a writable output folder") from None
 
 
 def _commit(tmp: str, path: Path) -> None:
